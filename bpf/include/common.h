@@ -1,0 +1,38 @@
+/* Shared basics for every Sluice datapath object. */
+#ifndef SLUICE_COMMON_H
+#define SLUICE_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* UAPI macros that vmlinux.h cannot carry. */
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_HLEN 14
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+/* Addresses are stored as 16 bytes in every map; IPv4 is IPv4-mapped
+ * (::ffff:a.b.c.d) so one key layout and one LPM trie serve both families. */
+union sl_addr {
+	__u8 b[16];
+	__be32 w[4];
+};
+
+#define SL_V4_MAPPED_PREFIX 96
+
+static __always_inline void sl_addr_from_v4(union sl_addr *a, __be32 v4)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = v4;
+}
+
+#endif

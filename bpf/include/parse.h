@@ -1,0 +1,59 @@
+/* Packet parsing shared by tc and XDP: both see a linear [data, data_end). */
+#ifndef SLUICE_PARSE_H
+#define SLUICE_PARSE_H
+
+#include "common.h"
+
+struct sl_packet {
+	union sl_addr saddr;
+	union sl_addr daddr;
+	__u16 l3_proto; /* ETH_P_IP or ETH_P_IPV6, host order */
+	__u8 l4_proto;
+	__u8 family;    /* 4 or 6 */
+	__u32 l4_off;   /* offset of the L4 header from data */
+};
+
+enum sl_parse_result {
+	SL_PARSE_OK = 0,
+	SL_PARSE_NOT_IP = 1,    /* ARP, LLDP, ...: not ours to judge */
+	SL_PARSE_MALFORMED = 2, /* truncated or inconsistent header */
+};
+
+static __always_inline int sl_parse(void *data, void *data_end, struct sl_packet *pkt)
+{
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return SL_PARSE_MALFORMED;
+
+	pkt->l3_proto = bpf_ntohs(eth->h_proto);
+	if (pkt->l3_proto == ETH_P_IP) {
+		struct iphdr *ip4 = (void *)(eth + 1);
+
+		if ((void *)(ip4 + 1) > data_end)
+			return SL_PARSE_MALFORMED;
+		if (ip4->ihl < 5)
+			return SL_PARSE_MALFORMED;
+		pkt->family = 4;
+		pkt->l4_proto = ip4->protocol;
+		pkt->l4_off = ETH_HLEN + ip4->ihl * 4;
+		sl_addr_from_v4(&pkt->saddr, ip4->saddr);
+		sl_addr_from_v4(&pkt->daddr, ip4->daddr);
+		return SL_PARSE_OK;
+	}
+	if (pkt->l3_proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return SL_PARSE_MALFORMED;
+		pkt->family = 6;
+		pkt->l4_proto = ip6->nexthdr;
+		pkt->l4_off = ETH_HLEN + sizeof(*ip6);
+		__builtin_memcpy(pkt->saddr.b, ip6->saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(pkt->daddr.b, ip6->daddr.in6_u.u6_addr8, 16);
+		return SL_PARSE_OK;
+	}
+	return SL_PARSE_NOT_IP;
+}
+
+#endif

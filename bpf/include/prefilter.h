@@ -1,0 +1,60 @@
+/* Prefilter: a source-CIDR verdict table consulted before anything else. */
+#ifndef SLUICE_PREFILTER_H
+#define SLUICE_PREFILTER_H
+
+#include "common.h"
+#include "parse.h"
+
+enum prefilter_action {
+	PREFILTER_PASS = 0,
+	PREFILTER_DROP = 1,
+};
+
+struct prefilter_key {
+	__u32 prefixlen; /* over addr; IPv4 entries add SL_V4_MAPPED_PREFIX */
+	union sl_addr addr;
+};
+
+struct prefilter_entry {
+	__u32 action;  /* enum prefilter_action */
+	__u32 rule_id; /* the control plane's name for the entry, echoed in dumps */
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct prefilter_key);
+	__type(value, struct prefilter_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+} prefilter_cidrs SEC(".maps");
+
+/* Set by the loader before load: what happens to IP packets no entry covers. */
+const volatile __u32 prefilter_default_action = PREFILTER_PASS;
+/* Malformed IP headers are dropped unless the operator asks otherwise. */
+const volatile __u32 prefilter_pass_malformed = 0;
+
+static __always_inline enum prefilter_action prefilter_decide(void *data, void *data_end)
+{
+	struct sl_packet pkt = {};
+	struct prefilter_key key = { .prefixlen = 128 };
+	struct prefilter_entry *entry;
+	int parsed = sl_parse(data, data_end, &pkt);
+
+	if (parsed == SL_PARSE_NOT_IP)
+		return PREFILTER_PASS;
+	if (parsed == SL_PARSE_MALFORMED)
+		return prefilter_pass_malformed ? PREFILTER_PASS : PREFILTER_DROP;
+
+	key.addr = pkt.saddr;
+	entry = bpf_map_lookup_elem(&prefilter_cidrs, &key);
+	if (!entry)
+		return prefilter_default_action;
+
+	__sync_fetch_and_add(&entry->packets, 1);
+	__sync_fetch_and_add(&entry->bytes, (__u64)(data_end - data));
+	return entry->action;
+}
+
+#endif

@@ -1,0 +1,1 @@
+"""Python mirrors of the datapath's map layouts, one module per C header."""

@@ -1,0 +1,44 @@
+"""The kernel boundary: a typed binding over the system libbpf.
+
+Nothing outside this package talks to libbpf or the bpf(2) syscall.
+"""
+
+from sluice.loader.attach import (
+    ClsactFilter,
+    Direction,
+    Link,
+    XdpMode,
+    attach_cgroup,
+    attach_clsact,
+    attach_tc,
+    attach_tcx,
+    attach_xdp,
+)
+from sluice.loader.layout import LayoutMismatch
+from sluice.loader.libbpf import LibbpfError
+from sluice.loader.maps import Map, UpdateFlag
+from sluice.loader.objects import BpfObject, Program, VerifierError
+from sluice.loader.ringbuf import RingBuffer
+from sluice.loader.testrun import TestRunResult, test_run
+
+__all__ = [
+    "BpfObject",
+    "ClsactFilter",
+    "Direction",
+    "LayoutMismatch",
+    "LibbpfError",
+    "Link",
+    "Map",
+    "Program",
+    "RingBuffer",
+    "TestRunResult",
+    "UpdateFlag",
+    "VerifierError",
+    "XdpMode",
+    "attach_cgroup",
+    "attach_clsact",
+    "attach_tc",
+    "attach_tcx",
+    "attach_xdp",
+    "test_run",
+]
