@@ -29,14 +29,20 @@ struct {
 	__uint(max_entries, 1);
 } probe_percpu SEC(".maps");
 
+/* Counts packets per CPU and reports each packet's length through the ring buffer. */
 SEC("tc")
 int probe_tc(struct __sk_buff *skb)
 {
-	__u32 key = 0;
+	__u32 key = 0, *slot;
 	__u64 *count = bpf_map_lookup_elem(&probe_percpu, &key);
 
 	if (count)
 		*count += 1;
+	slot = bpf_ringbuf_reserve(&probe_ringbuf, sizeof(*slot), 0);
+	if (slot) {
+		*slot = skb->len;
+		bpf_ringbuf_submit(slot, 0);
+	}
 	return TC_ACT_OK;
 }
 

@@ -114,11 +114,6 @@ class Map(Generic[K, V]):
                 f"bytes in the kernel, {key_size}/{value_size} in Python"
             )
 
-    def _value_buffer(self) -> Any:
-        if self.percpu:
-            return (self.value_type * possible_cpus())()
-        return self.value_type()
-
     def lookup(self, key: K) -> V | None:
         if self.percpu:
             raise TypeError(f"map {self.name} is per-CPU: use lookup_percpu")
@@ -130,12 +125,15 @@ class Map(Generic[K, V]):
         return value
 
     def lookup_percpu(self, key: K) -> list[V] | None:
-        values = (self.value_type * possible_cpus())()
-        ret = lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(values))
+        """One value per possible CPU; the kernel lays them out 8-byte aligned."""
+        stride = (ctypes.sizeof(self.value_type) + 7) // 8 * 8
+        buf = ctypes.create_string_buffer(stride * possible_cpus())
+        ret = lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), buf)
         if ret == -errno.ENOENT:
             return None
         check(ret, f"looking up in map {self.name}")
-        return list(values)
+        return [self.value_type.from_buffer_copy(buf, i * stride)
+                for i in range(possible_cpus())]
 
     def update(self, key: K, value: V, flag: UpdateFlag = UpdateFlag.ANY) -> None:
         check(lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value),

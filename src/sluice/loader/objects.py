@@ -206,13 +206,18 @@ class BpfObject:
         verify_layout(self.btf, lib().bpf_map__btf_value_type_id(handle), value_type,
                       f"map {name} value")
 
+    def map_fd(self, name: str) -> int:
+        """The fd of a map used without a key/value layout (ring buffers)."""
+        fd = int(lib().bpf_map__fd(self._map_handle(name)))
+        if fd < 0:
+            raise RuntimeError(f"map {name} of {self.path.name} is not created until load()")
+        return fd
+
     def map(self, name: str, key_type: type[K], value_type: type[V]) -> Map[Any, Any]:
         """A typed view of map NAME, after its layout is verified."""
         self.verify_map_layout(name, key_type, value_type)
         handle = self._map_handle(name)
-        fd = lib().bpf_map__fd(handle)
-        if fd < 0:
-            raise RuntimeError(f"map {name} of {self.path.name} is not created until load()")
+        fd = self.map_fd(name)
         meta = MapMeta(name, lib().bpf_map__type(handle), lib().bpf_map__key_size(handle),
                        lib().bpf_map__value_size(handle), lib().bpf_map__max_entries(handle))
         return Map(fd, meta, key_type, value_type)  # type: ignore[type-var]

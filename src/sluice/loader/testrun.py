@@ -50,3 +50,8 @@ def test_run(prog: Program, data: bytes, *, ctx: bytes | None = None, repeat: in
         duration_ns=opts.duration,
         ctx=ctx_out.raw[: opts.ctx_size_out] if ctx_out is not None else None,
     )
+
+
+# Names starting with "test" must not be collected by pytest where tests import them.
+test_run.__test__ = False  # type: ignore[attr-defined]
+TestRunResult.__test__ = False  # type: ignore[attr-defined]

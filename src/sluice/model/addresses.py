@@ -32,9 +32,7 @@ def parse_ip(text: str) -> IPAddress:
 def parse_cidr(text: str) -> IPNetwork:
     address, slash, prefix = text.partition("/")
     if not slash:
-        raise AddressError(
-            f'"{text}" is not a valid CIDR: missing prefix length (e.g. {text}/32)'
-        )
+        raise AddressError(f'"{text}" is not a valid CIDR: missing prefix length (e.g. {text}/32)')
     try:
         host = parse_ip(address)
     except AddressError:
@@ -43,9 +41,7 @@ def parse_cidr(text: str) -> IPNetwork:
         ) from None
     max_prefix = host.max_prefixlen
     if not prefix.isdigit() or int(prefix) > max_prefix:
-        raise AddressError(
-            f'"{text}" is not a valid CIDR: prefix length must be 0-{max_prefix}'
-        )
+        raise AddressError(f'"{text}" is not a valid CIDR: prefix length must be 0-{max_prefix}')
     network = ipaddress.ip_network(f"{host}/{int(prefix)}", strict=False)
     if network.network_address != host:
         raise AddressError(

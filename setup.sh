@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine (run as root):
+#   ./setup.sh demo   install everything, build, and run the demo
+#   ./setup.sh test   install everything, build, and run lint, types and the test suite
+#   ./setup.sh        install everything and build, nothing else
+# Idempotent: packages, the venv and the BPF objects are only (re)made when missing or stale.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+APT_PACKAGES=(
+  clang llvm libbpf-dev bpftool make gcc pkg-config libelf-dev
+  python3 python3-venv python3-dev
+  iproute2 iptables nftables ethtool iputils-ping procps util-linux kmod
+)
+VENV=.venv
+STAMP="$VENV/.sluice-deps"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh must run as root (it installs packages and loads BPF programs)" >&2
+    exit 1
+  fi
+}
+
+install_packages() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the virtual environment at $VENV"
+    /usr/bin/python3 -m venv "$VENV"
+  fi
+  local want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ] || [ ! -x "$VENV/bin/sluice" ]; then
+    log "installing sluice and its Python dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    echo "$want" > "$STAMP"
+  fi
+}
+
+build_bpf() {
+  log "building BPF objects (bpf/*.c)"
+  make -s -C bpf
+}
+
+mount_filesystems() {
+  if ! mountpoint -q /sys/fs/bpf; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+  fi
+}
+
+run_tests() {
+  log "ruff"
+  "$VENV/bin/ruff" check src tests
+  log "mypy (strict)"
+  "$VENV/bin/mypy"
+  log "pytest"
+  "$VENV/bin/pytest" -q "$@"
+}
+
+run_demo() {
+  log "sluice doctor"
+  "$VENV/bin/sluice" doctor
+  log "sluice validate -f examples/"
+  "$VENV/bin/sluice" validate -f examples/
+  log "prefilter demo: two namespaces, real packets, a map written from Python"
+  "$VENV/bin/python" examples/prefilter_demo.py
+}
+
+main() {
+  local action=${1:-install}
+  [ $# -gt 0 ] && shift
+  case "$action" in
+    install|demo|test) ;;
+    -h|--help|help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown action '$action' (expected install, demo or test)" >&2; exit 2 ;;
+  esac
+  need_root
+  install_packages
+  install_venv
+  build_bpf
+  mount_filesystems
+  case "$action" in
+    demo) run_demo ;;
+    test) run_tests "$@" ;;
+  esac
+}
+
+main "$@"
