@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from sluice import netlink, netns
 from sluice.loader.objects import OBJECT_DIR
 

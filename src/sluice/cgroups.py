@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from pathlib import Path
@@ -61,10 +62,8 @@ def remove_tree(cgroup_path: str) -> None:
         with open(os.path.join(cgroup_path, "cgroup.procs"), encoding="ascii") as procs:
             pids = [int(p) for p in procs.read().split()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 move_process(parent, pid)
-            except ProcessLookupError:
-                pass
     except FileNotFoundError:
         return
     os.rmdir(cgroup_path)

@@ -35,7 +35,7 @@ def entered(name_or_path: str) -> Iterator[None]:
 
     Sockets and netlink handles created inside stay bound to that namespace after exit.
     """
-    original = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(netns_path(name_or_path), os.O_RDONLY)
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sluice.datapath.prefilter import MAP_NAME, PrefilterEntry, PrefilterKey
-from sluice.loader import BpfObject, LayoutMismatch
+from sluice.loader import BpfObject, LayoutMismatchError
 
 pytestmark = pytest.mark.root
 
@@ -63,9 +63,9 @@ def test_drift_is_refused_before_any_map_access(tmp_path: Path, case: str) -> No
     old, new, expected = DRIFTS[case]
     obj_path = build_variant(tmp_path, old, new)
     with BpfObject(obj_path) as obj:
-        with pytest.raises(LayoutMismatch) as raised:
+        with pytest.raises(LayoutMismatchError) as raised:
             obj.verify_map_layout(MAP_NAME, PrefilterKey, PrefilterEntry)
         assert expected in str(raised.value)
         obj.load()
-        with pytest.raises(LayoutMismatch):
+        with pytest.raises(LayoutMismatchError):
             obj.map(MAP_NAME, PrefilterKey, PrefilterEntry)

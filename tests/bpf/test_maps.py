@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from sluice.datapath.prefilter import MAP_NAME, PrefilterAction, PrefilterEntry, PrefilterKey
-from sluice.loader import BpfObject, LayoutMismatch, Map, RingBuffer, UpdateFlag, test_run
+from sluice.loader import BpfObject, LayoutMismatchError, Map, RingBuffer, UpdateFlag, test_run
 from sluice.loader.libbpf import LibbpfError
 
 pytestmark = pytest.mark.root
@@ -32,7 +32,7 @@ def test_batch_update_lookup_delete() -> None:
         assert cidrs.update_batch(entries()) == len(NETWORKS)
         got = {k.network(): v.rule_id for k, v in cidrs.lookup_batch()}
         assert got == {n: i for i, n in enumerate(NETWORKS)}
-        assert {k.network() for k in cidrs.keys()} == set(NETWORKS)
+        assert {k.network() for k in cidrs.keys()} == set(NETWORKS)  # noqa: SIM118
 
         gone = cidrs.delete_batch([PrefilterKey.of(n) for n in NETWORKS[:10]])
         assert gone == 10
@@ -94,7 +94,7 @@ def test_pinned_map_opened_by_path_is_layout_checked(pin_dir: str) -> None:
         _fields_ = [("action", ctypes.c_uint32), ("rule_id", ctypes.c_uint32),
                     ("packets", ctypes.c_uint64)]
 
-    with pytest.raises(LayoutMismatch, match="prefilter_entry|size"):
+    with pytest.raises(LayoutMismatchError, match=r"prefilter_entry|size"):
         Map.from_pin(path, PrefilterKey, ShortEntry)
 
 

@@ -6,6 +6,7 @@ import argparse
 import platform
 
 from sluice import __version__
+from sluice.loader.libbpf import libbpf_version
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,8 +17,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     print(f"sluice {__version__}")
     try:
-        from sluice.loader.libbpf import libbpf_version
-
         print(f"libbpf {libbpf_version()}")
     except OSError as err:
         print(f"libbpf unavailable: {err}")

@@ -14,7 +14,7 @@ from sluice.loader.attach import (
     attach_tcx,
     attach_xdp,
 )
-from sluice.loader.layout import LayoutMismatch
+from sluice.loader.layout import LayoutMismatchError
 from sluice.loader.libbpf import LibbpfError
 from sluice.loader.maps import Map, UpdateFlag
 from sluice.loader.objects import BpfObject, Program, VerifierError
@@ -25,7 +25,7 @@ __all__ = [
     "BpfObject",
     "ClsactFilter",
     "Direction",
-    "LayoutMismatch",
+    "LayoutMismatchError",
     "LibbpfError",
     "Link",
     "Map",

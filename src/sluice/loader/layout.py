@@ -3,7 +3,7 @@
 A datapath module declares its key and value types as ctypes structures naming the C
 type they mirror. Before a map is touched, `verify_layout` walks the C type in BTF and
 the ctypes type side by side; any difference in size, member name, order, offset or
-array length raises `LayoutMismatch`, so a C change not reflected in Python stops the
+array length raises `LayoutMismatchError`, so a C change not reflected in Python stops the
 program instead of corrupting a map.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from sluice.loader.btf import Btf, BtfKind
 
 
-class LayoutMismatch(RuntimeError):
+class LayoutMismatchError(RuntimeError):
     """A Python layout disagrees with the C layout recorded in BTF."""
 
 
@@ -32,7 +32,7 @@ def verify_layout(btf: Btf, type_id: int, ctype: type[Any], where: str) -> None:
     problems: list[str] = []
     _compare(btf, type_id, ctype, where, problems)
     if problems:
-        raise LayoutMismatch(
+        raise LayoutMismatchError(
             "Python layout does not match the compiled BPF object:\n  " + "\n  ".join(problems)
         )
 
@@ -46,7 +46,7 @@ def _compare(btf: Btf, type_id: int, ctype: type[Any], path: str, problems: list
         problems.append(f"{path}: size is {c_size} bytes in C, {py_size} in Python")
 
     if kind in _COMPOSITE_KINDS:
-        _compare_composite(btf, type_id, kind, ctype, path, problems)
+        _compare_composite(btf, type_id, kind, ctype, path=path, problems=problems)
     elif kind == BtfKind.ARRAY:
         elem_id, nelems = btf.array(type_id)
         py_len = getattr(ctype, "_length_", None)
@@ -63,7 +63,7 @@ def _compare(btf: Btf, type_id: int, ctype: type[Any], path: str, problems: list
 
 
 def _compare_composite(
-    btf: Btf, type_id: int, kind: BtfKind, ctype: type[Any], path: str, problems: list[str]
+    btf: Btf, type_id: int, kind: BtfKind, ctype: type[Any], *, path: str, problems: list[str]
 ) -> None:
     want_base = ctypes.Union if kind == BtfKind.UNION else ctypes.Structure
     if not issubclass(ctype, want_base):

@@ -11,8 +11,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sluice.loader.btf import Btf
-from sluice.loader.layout import LayoutMismatch, verify_layout
-from sluice.loader.libbpf import LibbpfError, MapBatchOpts, MapInfo, check, lib, possible_cpus
+from sluice.loader.layout import LayoutMismatchError, verify_layout
+from sluice.loader.libbpf import MapBatchOpts, MapInfo, check, lib, possible_cpus
 
 if TYPE_CHECKING:
     from ctypes import _CData
@@ -73,6 +73,9 @@ class Map(Generic[K, V]):
         self.meta = meta
         self.key_type = key_type
         self.value_type = value_type
+        # ctypes arithmetic (`T * n`, from_buffer_copy) is beyond what the stubs can type.
+        self._k: Any = key_type
+        self._v: Any = value_type
         self._owns_fd = owns_fd
         self._check_sizes()
 
@@ -109,7 +112,7 @@ class Map(Generic[K, V]):
     def _check_sizes(self) -> None:
         key_size, value_size = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
         if key_size != self.meta.key_size or value_size != self.meta.value_size:
-            raise LayoutMismatch(
+            raise LayoutMismatchError(
                 f"map {self.name}: key/value are {self.meta.key_size}/{self.meta.value_size} "
                 f"bytes in the kernel, {key_size}/{value_size} in Python"
             )
@@ -132,7 +135,7 @@ class Map(Generic[K, V]):
         if ret == -errno.ENOENT:
             return None
         check(ret, f"looking up in map {self.name}")
-        return [self.value_type.from_buffer_copy(buf, i * stride)
+        return [self._v.from_buffer_copy(buf, i * stride)
                 for i in range(possible_cpus())]
 
     def update(self, key: K, value: V, flag: UpdateFlag = UpdateFlag.ANY) -> None:
@@ -152,7 +155,7 @@ class Map(Generic[K, V]):
         key = self.key_type()
         ret = lib().bpf_map_get_next_key(self.fd, None, ctypes.byref(key))
         while ret == 0:
-            current = self.key_type.from_buffer_copy(key)
+            current = self._k.from_buffer_copy(key)
             yield current
             ret = lib().bpf_map_get_next_key(self.fd, ctypes.byref(current), ctypes.byref(key))
         if ret != -errno.ENOENT:
@@ -169,8 +172,8 @@ class Map(Generic[K, V]):
         pairs = list(entries)
         if not pairs:
             return 0
-        keys = (self.key_type * len(pairs))(*(k for k, _ in pairs))
-        values = (self.value_type * len(pairs))(*(v for _, v in pairs))
+        keys = (self._k * len(pairs))(*(k for k, _ in pairs))
+        values = (self._v * len(pairs))(*(v for _, v in pairs))
         count = ctypes.c_uint32(len(pairs))
         opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
         ret = lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count),
@@ -187,7 +190,7 @@ class Map(Generic[K, V]):
         key_list = list(keys)
         if not key_list:
             return 0
-        array = (self.key_type * len(key_list))(*key_list)
+        array = (self._k * len(key_list))(*key_list)
         count = ctypes.c_uint32(len(key_list))
         opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
         ret = lib().bpf_map_delete_batch(self.fd, array, ctypes.byref(count), ctypes.byref(opts))
@@ -205,8 +208,8 @@ class Map(Generic[K, V]):
         if self.percpu:
             raise TypeError(f"map {self.name} is per-CPU")
         chunk = max(1, min(self.meta.max_entries, 4096))
-        keys = (self.key_type * chunk)()
-        values = (self.value_type * chunk)()
+        keys = (self._k * chunk)()
+        values = (self._v * chunk)()
         # The batch cursor is opaque; generic maps write a whole key into it.
         in_batch = ctypes.create_string_buffer(max(self.meta.key_size, 8))
         out_batch = ctypes.create_string_buffer(max(self.meta.key_size, 8))
@@ -223,8 +226,8 @@ class Map(Generic[K, V]):
             if ret not in (0, -errno.ENOENT):
                 check(ret, f"batch-reading map {self.name}")
             result.extend(
-                (self.key_type.from_buffer_copy(keys[i]),
-                 self.value_type.from_buffer_copy(values[i]))
+                (self._k.from_buffer_copy(keys[i]),
+                 self._v.from_buffer_copy(values[i]))
                 for i in range(count.value)
             )
             if ret == -errno.ENOENT:

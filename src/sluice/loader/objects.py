@@ -220,4 +220,4 @@ class BpfObject:
         fd = self.map_fd(name)
         meta = MapMeta(name, lib().bpf_map__type(handle), lib().bpf_map__key_size(handle),
                        lib().bpf_map__value_size(handle), lib().bpf_map__max_entries(handle))
-        return Map(fd, meta, key_type, value_type)  # type: ignore[type-var]
+        return Map(fd, meta, key_type, value_type)

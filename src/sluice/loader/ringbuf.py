@@ -18,7 +18,7 @@ class RingBuffer:
         check_ptr(ctypes.cast(handle, ctypes.c_void_p).value, "creating ring buffer reader")
         self._handle: Any = handle
 
-    def _sample(self, _ctx: int | None, data: int | None, size: int) -> int:
+    def _sample(self, _ctx: int | None, data: int, size: int) -> int:
         try:
             self._on_record(ctypes.string_at(data, size))
         except BaseException as err:  # surfaced by poll(); C must not unwind
