@@ -22,10 +22,6 @@ from sluice.model import (
 )
 
 
-def _only(resources: list[object], cls: type) -> list:
-    return [resource for resource in resources if isinstance(resource, cls)]
-
-
 def test_kind_table_holds_every_kind() -> None:
     assert {
         ("v1", "Namespace"): Namespace,
@@ -347,3 +343,33 @@ def test_json_dump_uses_kubernetes_names(manifests: Path) -> None:
         "podCIDR": "198.18.1.0/24",
         "podCIDRs": ["198.18.1.0/24", "fd00:18:1::/64"],
     }
+
+
+def test_endpoint_hints() -> None:
+    [eps] = parse_ok(
+        """
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: hinted}
+        addressType: IPv6
+        endpoints:
+          - addresses: ["fd00::1"]
+            zone: zone-a
+            hints: {forZones: [{name: zone-a}]}
+        """
+    )
+    assert isinstance(eps, EndpointSlice)
+    hints = eps.endpoints[0].hints
+    assert hints is not None and hints.for_zones[0].name == "zone-a"
+    assert eps.endpoints[0].ips == (IPv6Address("fd00::1"),)
+
+
+def test_direct_validation_checks_kind_and_api_version() -> None:
+    with pytest.raises(pydantic.ValidationError, match='expected kind "Pod", got "Service"'):
+        Pod.model_validate(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {}}
+        )
+    with pytest.raises(pydantic.ValidationError, match='needs apiVersion "v1", got "v2"'):
+        Namespace.model_validate(
+            {"apiVersion": "v2", "kind": "Namespace", "metadata": {"name": "x"}}
+        )

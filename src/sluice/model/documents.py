@@ -40,10 +40,37 @@ class Document:
             line = (key if key is not None else node).start_mark.line
         return line + 1
 
+    def duplicate_keys(self) -> list[tuple[Loc, int]]:
+        """Each repeated mapping key (a later value silently wins) and the line it is on."""
+        found: list[tuple[Loc, int]] = []
+        if self.node is not None:
+            _find_duplicates(self.node, (), found, set())
+        return found
+
+
+def _find_duplicates(
+    node: yaml.Node, loc: Loc, found: list[tuple[Loc, int]], seen: set[int]
+) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in keys:
+                found.append(((*loc, key.value), key.start_mark.line + 1))
+            keys.add(key.value)
+            _find_duplicates(value, (*loc, key.value), found, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _find_duplicates(item, (*loc, index), found, seen)
+
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
+        for key, value in reversed(node.value):
             if isinstance(key, yaml.ScalarNode) and key.value == str(part):
                 return key, value
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):

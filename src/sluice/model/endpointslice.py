@@ -46,6 +46,15 @@ class ObjectReference(KubeModel):
     field_path: str | None = None
 
 
+class ZoneOrNodeName(KubeModel):
+    name: str
+
+
+class EndpointHints(KubeModel):
+    for_zones: tuple[ZoneOrNodeName, ...] = ()
+    for_nodes: tuple[ZoneOrNodeName, ...] = ()
+
+
 class Endpoint(KubeModel):
     addresses: tuple[str, ...]
     conditions: EndpointConditions = Field(default_factory=EndpointConditions)
@@ -53,6 +62,7 @@ class Endpoint(KubeModel):
     node_name: DNSSubdomain | None = None
     target_ref: ObjectReference | None = None
     zone: str | None = None
+    hints: EndpointHints | None = None
 
     @property
     def is_ready(self) -> bool:

@@ -119,6 +119,7 @@ def _annotation_map(value: object) -> dict[str, str]:
 _as_text = PlainSerializer(str, when_used="json")
 
 DNSLabel = Annotated[str, PlainValidator(_named(dns_label_problem, "name"))]
+NamespaceName = Annotated[str, PlainValidator(_named(dns_label_problem, "namespace"))]
 DNSSubdomain = Annotated[str, PlainValidator(_named(dns_subdomain_problem, "name"))]
 LabelKey = Annotated[str, PlainValidator(_named(qualified_name_problem, "label key"))]
 LabelValue = Annotated[str, PlainValidator(_named(label_value_problem, "label value"))]

@@ -37,13 +37,14 @@ class ParseResult:
         return not self.problems
 
 
-def describe(raw: dict[object, object], cls: type[Resource] | None = None) -> str:
+def describe(raw: dict[object, object]) -> str:
     """How problems name an object: `Kind namespace/name`, `Kind name` or `<unnamed>`."""
-    kind = raw.get("kind") if isinstance(raw.get("kind"), str) else None
+    kind, api_version = raw.get("kind"), raw.get("apiVersion")
+    kind = kind if isinstance(kind, str) and kind else None
+    cls = resource_class(api_version, kind) if kind and isinstance(api_version, str) else None
     metadata = raw.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
-    name = metadata.get("name")
-    namespace = metadata.get("namespace")
+    name, namespace = metadata.get("name"), metadata.get("namespace")
     if not isinstance(name, str) or not name:
         return f"{kind} {UNNAMED}" if kind else UNNAMED
     namespaced = cls.NAMESPACED if cls is not None else isinstance(namespace, str)
@@ -57,7 +58,9 @@ class _DocumentParser:
     document: Document
     problems: list[ManifestProblem] = field(default_factory=list)
 
-    def report(self, obj: str, loc: Loc, message: str, path: str | None = None) -> None:
+    def report(
+        self, obj: str, loc: Loc, message: str, path: str | None = None, line: int | None = None
+    ) -> None:
         self.problems.append(
             ManifestProblem(
                 file=self.file,
@@ -65,7 +68,7 @@ class _DocumentParser:
                 object=obj,
                 field=render_path(loc) if path is None else path,
                 message=message,
-                line=self.document.line_of(loc),
+                line=self.document.line_of(loc) if line is None else line,
             )
         )
 
@@ -73,6 +76,10 @@ class _DocumentParser:
         data = self.document.data
         if data is None:
             return []
+        obj = describe(data) if isinstance(data, dict) else UNNAMED
+        for loc, line in self.document.duplicate_keys():
+            message = f'duplicate key "{loc[-1]}"; only the last value would count'
+            self.report(obj, loc, message, line=line)
         if not isinstance(data, dict):
             self.report(
                 UNNAMED,
@@ -116,7 +123,7 @@ class _DocumentParser:
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            obj = describe(raw, cls)
+            obj = describe(raw)
             for issue in field_issues(cls, err, prefix):
                 self.report(obj, issue.loc, issue.message, issue.path)
             return None

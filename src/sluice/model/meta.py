@@ -10,11 +10,11 @@ from pydantic import Field, model_validator
 from sluice.model.base import KubeModel
 from sluice.model.fieldtypes import (
     AnnotationMap,
-    DNSLabel,
     DNSSubdomain,
     LabelKey,
     LabelMap,
     LabelValue,
+    NamespaceName,
     StrictInteger,
 )
 from sluice.model.violations import Violations
@@ -24,7 +24,7 @@ SelectorOperator: TypeAlias = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 
 class ObjectMeta(KubeModel):
     name: DNSSubdomain
-    namespace: DNSLabel | None = None
+    namespace: NamespaceName | None = None
     labels: LabelMap = Field(default_factory=dict)
     annotations: AnnotationMap = Field(default_factory=dict)
     uid: str | None = None
