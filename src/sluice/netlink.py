@@ -7,6 +7,7 @@ nothing here can touch the caller's own namespace by accident.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable
 
 from pyroute2 import IPRoute
@@ -45,3 +46,30 @@ def configure(ns: str, ifname: str, addresses: Iterable[str], *, mtu: int | None
             ipr.link("set", index=index, mtu=mtu)
         ipr.link("set", index=index, state="up")
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def add_route(ns: str, cidr: str, *, via: str | None = None, dev: str | None = None) -> None:
+    with netns.entered(ns), IPRoute() as ipr:
+        spec: dict[str, object] = {"dst": cidr}
+        if via is not None:
+            spec["gateway"] = via
+        if dev is not None:
+            spec["oif"] = ipr.link_lookup(ifname=dev)[0]
+        ipr.route("add", **spec)
+
+
+def set_sysctl(ns: str, name: str, value: str) -> None:
+    """Write a net.* sysctl of namespace NS (never the caller's own).
+
+    /proc/sys/net resolves to the writing thread's namespace; the identity of that
+    namespace is checked before writing so a failed switch cannot touch the caller's.
+    """
+    if not name.startswith("net."):
+        raise ValueError(f"only per-namespace net.* sysctls can be set: {name}")
+    target = os.stat(netns.netns_path(ns)).st_ino
+    with netns.entered(ns):
+        if os.stat("/proc/thread-self/ns/net").st_ino != target:
+            raise RuntimeError(f"not in namespace {ns}: refusing to write {name}")
+        path = "/proc/sys/" + name.replace(".", "/")
+        with open(path, "w", encoding="ascii") as sysctl:
+            sysctl.write(value)

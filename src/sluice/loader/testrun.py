@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
+from sluice.loader.btf import BtfKind, vmlinux_btf
 from sluice.loader.libbpf import TestRunOpts, check, lib
 from sluice.loader.objects import Program
 
@@ -18,6 +19,24 @@ class TestRunResult:
     data: bytes
     duration_ns: int
     ctx: bytes | None
+
+
+def skb_context(**fields: int) -> bytes:
+    """A `struct __sk_buff` for tc test runs, laid out from the kernel's own BTF.
+
+    The kernel accepts a few fields (ifindex, ingress_ifindex, mark, priority, ...);
+    with `ifindex` the packet appears to arrive on that device of the caller's namespace.
+    """
+    btf = vmlinux_btf()
+    type_id = btf.find("__sk_buff", BtfKind.STRUCT)
+    members = {m.name: m for m in btf.members(type_id)}
+    ctx = bytearray(btf.size(type_id))
+    for name, value in fields.items():
+        member = members[name]
+        size = btf.size(member.type_id)
+        offset = member.bit_offset // 8
+        ctx[offset:offset + size] = value.to_bytes(size, "little")
+    return bytes(ctx)
 
 
 def test_run(prog: Program, data: bytes, *, ctx: bytes | None = None, repeat: int = 1,
