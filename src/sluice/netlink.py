@@ -73,3 +73,34 @@ def set_sysctl(ns: str, name: str, value: str) -> None:
         path = "/proc/sys/" + name.replace(".", "/")
         with open(path, "w", encoding="ascii") as sysctl:
             sysctl.write(value)
+
+
+def link_mac(ns: str, ifname: str) -> str:
+    with netns.entered(ns), IPRoute() as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+        return str(link.get_attr("IFLA_ADDRESS"))
+
+
+def add_permanent_neighbor(ns: str, ifname: str, ip: str, mac: str) -> None:
+    with netns.entered(ns), IPRoute() as ipr:
+        ipr.neigh("add", dst=ip, lladdr=mac, ifindex=ipr.link_lookup(ifname=ifname)[0],
+                  state=0x80)  # NUD_PERMANENT
+
+
+def add_default_route_onlink(ns: str, ifname: str, gateway: str) -> None:
+    """A default route via a gateway that is not on any of the interface's subnets."""
+    family = 6 if ":" in gateway else 4
+    with netns.entered(ns), IPRoute() as ipr:
+        ipr.route("add", dst="::/0" if family == 6 else "0.0.0.0/0", gateway=gateway,
+                  oif=ipr.link_lookup(ifname=ifname)[0], flags=4)  # RTNH_F_ONLINK
+
+
+def create_vxlan(ns: str, ifname: str, *, port: int = 4789, mtu: int | None = None) -> None:
+    """A collect-metadata VXLAN device: BPF sets the remote and VNI per packet."""
+    with netns.entered(ns), IPRoute() as ipr:
+        ipr.link("add", ifname=ifname, kind="vxlan", vxlan_collect_metadata=1,
+                 vxlan_port=port, vxlan_learning=0)
+        index = ipr.link_lookup(ifname=ifname)[0]
+        if mtu is not None:
+            ipr.link("set", index=index, mtu=mtu)
+        ipr.link("set", index=index, state="up")
