@@ -16,15 +16,16 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from pyroute2 import IPRoute
-
-from sluice import bpffs, cgroups, netns
+from sluice import bpffs, cgroups
 from sluice.loader import (
     BpfObject,
     ClsactFilter,
@@ -100,6 +101,21 @@ def short_error(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the body runs, then let them through.
+
+    Creating or removing a temporary object must not be cut in half: a namespace made
+    after its name was checked for removal, or a cgroup made but not yet recorded, would
+    outlive the run.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class DoctorRootNamespaceError(RuntimeError):
     """Raised when a step meant for the temporary namespace finds itself in the root one."""
 
@@ -115,6 +131,21 @@ def _host_netns_ids() -> set[tuple[int, int]]:
     with suppress(OSError):
         ids.add(_netns_id("/proc/1/ns/net"))
     return ids
+
+
+def _netns() -> ModuleType:
+    """sluice.netns, imported on first use: it pulls in pyroute2, which every other
+    `sluice` command would otherwise pay for when the CLI builds its parsers."""
+    from sluice import netns  # noqa: PLC0415
+
+    return netns
+
+
+def _iproute() -> Any:
+    """A pyroute2 IPRoute bound to the calling thread's current network namespace."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
+    return IPRoute()
 
 
 class Session:
@@ -160,11 +191,12 @@ class Session:
             raise DoctorRootNamespaceError("refusing to touch the host network namespace")
 
     def _make_netns(self) -> None:
-        self._netns = self.tag  # recorded first, so close() removes a half-made namespace
-        netns.create(self.tag)
-        with netns.entered(self.tag):
+        with deferred_interrupts():
+            self._netns = self.tag  # recorded first: close() removes a half-made namespace
+            _netns().create(self.tag)
+        with _netns().entered(self.tag):
             self._refuse_host_netns()
-            with IPRoute() as ipr:
+            with _iproute() as ipr:
                 ipr.link("add", ifname=VETH, kind="veth", peer=VETH_PEER)
                 for ifname in (VETH, VETH_PEER):
                     ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
@@ -183,10 +215,10 @@ class Session:
                 raise
             self._netns_ready = True
         assert self._netns is not None
-        with netns.entered(self._netns):
+        with _netns().entered(self._netns):
             self._refuse_host_netns()
             indexes: dict[str, int] = {}
-            with IPRoute() as ipr:
+            with _iproute() as ipr:
                 for ifname in (VETH, VETH_PEER):
                     found = ipr.link_lookup(ifname=ifname)
                     if not found:
@@ -195,14 +227,15 @@ class Session:
             yield indexes
 
     def close(self) -> None:
-        try:
-            if self._probes is not None:
-                self._probes.close()
-                self._probes = None
-        finally:
-            if self._netns is not None:
-                netns.remove(self._netns)  # its veth pair goes with it
-                self._netns = None
+        with deferred_interrupts():
+            try:
+                if self._probes is not None:
+                    self._probes.close()
+                    self._probes = None
+            finally:
+                if self._netns is not None:
+                    _netns().remove(self._netns)  # its veth pair goes with it
+                    self._netns = None
 
 
 # --- the checks ------------------------------------------------------------------------
@@ -324,10 +357,12 @@ def check_xdp(session: Session) -> Outcome:
 
 def check_cgroup_hooks(session: Session) -> Outcome:
     probes = session.probes()
-    path = cgroups.create(session.tag)
+    path = os.path.join(cgroups.ensure_cgroup2(), session.tag)
     links: list[Link] = []
     failed: list[str] = []
     try:
+        with deferred_interrupts():
+            cgroups.create(session.tag)
         for name in CGROUP_PROGRAMS:
             hook = name.removeprefix("probe_")
             try:
@@ -336,11 +371,12 @@ def check_cgroup_hooks(session: Session) -> Outcome:
                 code = errno.errorcode.get(exc.errno) if exc.errno else None
                 failed.append(f"{hook} ({code or short_error(exc)})")
     finally:
-        try:
-            for link in links:
-                link.detach()
-        finally:
-            cgroups.remove_tree(path)
+        with deferred_interrupts():
+            try:
+                for link in links:
+                    link.detach()
+            finally:
+                cgroups.remove_tree(path)  # a no-op if it was never made
     if failed:
         return missing(f"refused: {', '.join(failed)}")
     hooks = sorted({n.removeprefix("probe_").rstrip("46") for n in CGROUP_PROGRAMS})

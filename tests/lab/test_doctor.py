@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from collections.abc import Iterator
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sluice import cgroups, doctor, netns
+from sluice import bpffs, cgroups, doctor, netns
 from sluice.cli.main import main
 from sluice.loader import Link, Program, attach_cgroup, objects
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 pytestmark = [
     pytest.mark.root,
@@ -35,14 +38,18 @@ MUST_BE_OK = (
 
 
 def leftovers() -> list[str]:
-    """Namespaces and cgroups a doctor run would have made."""
+    """Namespaces and cgroups a doctor run in this process made and did not remove.
+
+    Names carry the pid (sluice-doctor-<pid>-<random>), so a doctor someone else runs
+    at the same time on this shared machine does not fail these tests.
+    """
+    prefix = f"{doctor.TEMP_PREFIX}{os.getpid()}-"
     found: list[str] = []
     if os.path.isdir(netns.NETNS_RUN_DIR):
-        found += [f"netns {n}" for n in os.listdir(netns.NETNS_RUN_DIR)
-                  if n.startswith(doctor.TEMP_PREFIX)]
+        found += [f"netns {n}" for n in os.listdir(netns.NETNS_RUN_DIR) if n.startswith(prefix)]
     root = cgroups.find_cgroup2_mount()
     if root is not None:
-        found += [f"cgroup {n}" for n in os.listdir(root) if n.startswith(doctor.TEMP_PREFIX)]
+        found += [f"cgroup {n}" for n in os.listdir(root) if n.startswith(prefix)]
     return found
 
 
@@ -147,3 +154,19 @@ def test_interrupt_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "attach_cgroup", interrupt_midway)
     assert main(["doctor"]) == 130
     assert attached == 3
+
+
+def test_bpffs_mounted_when_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The bpffs check mounts bpffs where it is missing (here: a scratch directory)."""
+    target = tmp_path / "bpf"
+    monkeypatch.setattr(bpffs, "DEFAULT_PATH", str(target))
+    try:
+        with doctor.Session() as session:
+            first = doctor.check_bpffs(session)
+            second = doctor.check_bpffs(session)
+        assert first == doctor.ok(f"mounted by doctor at {target}")
+        assert second == doctor.ok(f"mounted at {target}")
+        assert bpffs.is_mounted(str(target))
+    finally:
+        if bpffs.is_mounted(str(target)):
+            assert _libc.umount2(str(target).encode(), 0) == 0

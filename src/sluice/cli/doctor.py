@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+from types import FrameType
 
 from sluice import doctor
 from sluice.doctor import CheckResult, Verdict
@@ -67,12 +69,20 @@ def summary(results: list[CheckResult]) -> str:
     return f"READY: all required checks passed{note}"
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("sluice doctor must run as root: it loads BPF programs, mounts bpffs and "
               "creates a temporary network namespace and cgroup", file=sys.stderr)
         return 1
-    results = doctor.run_checks()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so cleanup still runs
+    try:
+        results = doctor.run_checks()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.output == "json":
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
