@@ -69,16 +69,4 @@ int probe_getpeername4(struct bpf_sock_addr *ctx) { return 1; }
 SEC("cgroup/getpeername6")
 int probe_getpeername6(struct bpf_sock_addr *ctx) { return 1; }
 
-SEC("tracepoint/syscalls/sys_enter_getpid")
-int probe_ringbuf_tp(void *ctx)
-{
-	__u32 *slot = bpf_ringbuf_reserve(&probe_ringbuf, sizeof(*slot), 0);
-
-	if (!slot)
-		return 0;
-	*slot = bpf_get_current_pid_tgid() >> 32;
-	bpf_ringbuf_submit(slot, 0);
-	return 0;
-}
-
 char LICENSE[] SEC("license") = "GPL";
