@@ -27,6 +27,12 @@ union sl_addr {
 
 #define SL_V4_MAPPED_PREFIX 96
 
+/* The key of every LPM trie over addresses (prefilter CIDRs, routes, ipcache). */
+struct sl_lpm_key {
+	__u32 prefixlen; /* over addr; IPv4 entries add SL_V4_MAPPED_PREFIX */
+	union sl_addr addr;
+};
+
 static __always_inline void sl_addr_from_v4(union sl_addr *a, __be32 v4)
 {
 	a->w[0] = 0;

@@ -10,11 +10,6 @@ enum prefilter_action {
 	PREFILTER_DROP = 1,
 };
 
-struct prefilter_key {
-	__u32 prefixlen; /* over addr; IPv4 entries add SL_V4_MAPPED_PREFIX */
-	union sl_addr addr;
-};
-
 struct prefilter_entry {
 	__u32 action;  /* enum prefilter_action */
 	__u32 rule_id; /* the control plane's name for the entry, echoed in dumps */
@@ -24,7 +19,7 @@ struct prefilter_entry {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct prefilter_key);
+	__type(key, struct sl_lpm_key);
 	__type(value, struct prefilter_entry);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
@@ -38,7 +33,7 @@ const volatile __u32 prefilter_pass_malformed = 0;
 static __always_inline enum prefilter_action prefilter_decide(void *data, void *data_end)
 {
 	struct sl_packet pkt = {};
-	struct prefilter_key key = { .prefixlen = 128 };
+	struct sl_lpm_key key = { .prefixlen = 128 };
 	struct prefilter_entry *entry;
 	int parsed = sl_parse(data, data_end, &pkt);
 

@@ -16,11 +16,6 @@ enum route_kind {
 	ROUTE_REMOTE_NATIVE = 3, /* another node's pod CIDR, reached by the host's FIB on the underlay */
 };
 
-struct route_key {
-	__u32 prefixlen; /* over addr; IPv4 adds SL_V4_MAPPED_PREFIX */
-	union sl_addr addr;
-};
-
 struct route_entry {
 	__u32 kind;    /* enum route_kind */
 	__u32 ifindex; /* tunnel device (ROUTE_REMOTE_TUNNEL) */
@@ -30,7 +25,7 @@ struct route_entry {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct route_key);
+	__type(key, struct sl_lpm_key);
 	__type(value, struct route_entry);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
@@ -110,7 +105,7 @@ static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packe
 /* Where does a packet for pkt->daddr go? Local pods first, then the route table. */
 static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt)
 {
-	struct route_key key = { .prefixlen = 128, .addr = pkt->daddr };
+	struct sl_lpm_key key = { .prefixlen = 128, .addr = pkt->daddr };
 	struct endpoint_info *ep = endpoint_lookup(&pkt->daddr);
 	struct route_entry *route;
 

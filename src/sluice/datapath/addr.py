@@ -36,3 +36,18 @@ def network_of(address: SlAddr, prefixlen: int) -> IPNetwork:
     if ip.version == 4:
         return ipaddress.ip_network(f"{ip}/{prefixlen - V4_MAPPED_PREFIX}")
     return ipaddress.ip_network(f"{ip}/{prefixlen}")
+
+
+class LpmKey(ctypes.Structure):
+    """`struct sl_lpm_key`: the key of every LPM trie over addresses."""
+
+    _c_name_ = "sl_lpm_key"
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", SlAddr)]
+
+    @classmethod
+    def of(cls, cidr: IPNetwork | str) -> LpmKey:
+        network = ipaddress.ip_network(cidr)
+        return cls(prefixlen=lpm_prefixlen(network), addr=SlAddr.of(network.network_address))
+
+    def network(self) -> IPNetwork:
+        return network_of(self.addr, self.prefixlen)

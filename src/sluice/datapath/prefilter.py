@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
-from sluice.datapath.addr import IPNetwork, SlAddr, lpm_prefixlen, network_of
+from sluice.datapath.addr import IPNetwork, LpmKey
 
 
 class PrefilterAction(IntEnum):
@@ -15,18 +14,7 @@ class PrefilterAction(IntEnum):
     DROP = 1
 
 
-class PrefilterKey(ctypes.Structure):
-    _c_name_ = "prefilter_key"
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", SlAddr)]
-
-    @classmethod
-    def of(cls, cidr: IPNetwork | str) -> PrefilterKey:
-        network = ipaddress.ip_network(cidr)
-        return cls(prefixlen=lpm_prefixlen(network), addr=SlAddr.of(network.network_address))
-
-    def network(self) -> IPNetwork:
-        return network_of(self.addr, self.prefixlen)
-
+PrefilterKey = LpmKey
 
 class PrefilterEntry(ctypes.Structure):
     _c_name_ = "prefilter_entry"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 from enum import IntEnum
 
-from sluice.datapath.addr import IPAddress, IPNetwork, SlAddr, lpm_prefixlen, network_of
+from sluice.datapath.addr import IPAddress, LpmKey, SlAddr
 
 MAP_NAME = "routes"
 
@@ -17,18 +16,7 @@ class RouteKind(IntEnum):
     REMOTE_NATIVE = 3
 
 
-class RouteKey(ctypes.Structure):
-    _c_name_ = "route_key"
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", SlAddr)]
-
-    @classmethod
-    def of(cls, cidr: IPNetwork | str) -> RouteKey:
-        network = ipaddress.ip_network(cidr)
-        return cls(prefixlen=lpm_prefixlen(network), addr=SlAddr.of(network.network_address))
-
-    def network(self) -> IPNetwork:
-        return network_of(self.addr, self.prefixlen)
-
+RouteKey = LpmKey
 
 class RouteEntry(ctypes.Structure):
     _c_name_ = "route_entry"
