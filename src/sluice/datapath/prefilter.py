@@ -16,6 +16,7 @@ class PrefilterAction(IntEnum):
 
 PrefilterKey = LpmKey
 
+
 class PrefilterEntry(ctypes.Structure):
     _c_name_ = "prefilter_entry"
     _fields_ = [

@@ -18,6 +18,7 @@ class RouteKind(IntEnum):
 
 RouteKey = LpmKey
 
+
 class RouteEntry(ctypes.Structure):
     _c_name_ = "route_entry"
     _fields_ = [
