@@ -91,14 +91,21 @@ def pin_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def socket_pair(client: Side, server: Side, family: int,
+                kind: socket.SocketKind) -> tuple[socket.socket, socket.socket]:
+    """(server socket, client socket), each created in its side's namespace."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    with netns.entered(server.ns):
+        server_sock = socket.socket(af, kind)
+    with netns.entered(client.ns):
+        client_sock = socket.socket(af, kind)
+    return server_sock, client_sock
+
+
 def udp_delivered(client: Side, server: Side, family: int, *, port: int = 7000,
                   timeout: float = 0.5, payload: bytes = b"sluice") -> bool:
     """Send one datagram from CLIENT's namespace to SERVER's; True if it arrived."""
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
-    with netns.entered(server.ns):
-        rx = socket.socket(af, socket.SOCK_DGRAM)
-    with netns.entered(client.ns):
-        tx = socket.socket(af, socket.SOCK_DGRAM)
+    rx, tx = socket_pair(client, server, family, socket.SOCK_DGRAM)
     with rx, tx:
         rx.bind((server.ip(family), port))
         rx.settimeout(timeout)
@@ -112,11 +119,7 @@ def udp_delivered(client: Side, server: Side, family: int, *, port: int = 7000,
 
 def tcp_connects(client: Side, server: Side, family: int, *, port: int = 7001,
                  timeout: float = 0.5) -> bool:
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
-    with netns.entered(server.ns):
-        listener = socket.socket(af, socket.SOCK_STREAM)
-    with netns.entered(client.ns):
-        conn = socket.socket(af, socket.SOCK_STREAM)
+    listener, conn = socket_pair(client, server, family, socket.SOCK_STREAM)
     with listener, conn:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((server.ip(family), port))
