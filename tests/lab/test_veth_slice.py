@@ -95,3 +95,30 @@ def test_other_direction_is_untouched(veth_pair: VethPair) -> None:
     with prefilter_on(b, "tcx") as cidrs:
         deny(cidrs, f"{b.ipv4}/32")
         assert udp_delivered(b, a, 4, timeout=2.0)
+
+
+def test_pinned_link_keeps_filtering_without_its_owner(veth_pair: VethPair, pin_dir: str) -> None:
+    """What an agent restart relies on: a pinned link and pinned maps outlive the process
+    state that created them, and a new owner adopts both from bpffs."""
+    a, b = veth_pair.a, veth_pair.b
+    link_pin = f"{pin_dir}/prefilter_link"
+    with BpfObject.open("prefilter", pin_dir=pin_dir) as obj:
+        obj.load()
+        ifindex = b.ifindex()
+        with netns.entered(b.ns):
+            link = attach_tcx(obj.program("prefilter_tc"), ifindex, Direction.INGRESS)
+        link.pin(link_pin)
+        link.close()
+        deny(obj.map(MAP_NAME, PrefilterKey, PrefilterEntry), f"{a.ipv4}/32")
+    assert not udp_delivered(a, b, 4), "the pinned link must still be attached"
+
+    cidrs = Map.from_pin(f"{pin_dir}/{MAP_NAME}", PrefilterKey, PrefilterEntry)
+    try:
+        cidrs.clear()
+        assert udp_delivered(a, b, 4, timeout=2.0), "the adopted map must be the live one"
+        deny(cidrs, f"{a.ipv4}/32")
+    finally:
+        cidrs.close()
+    adopted = Link.from_pin(link_pin)
+    adopted.detach()
+    assert udp_delivered(a, b, 4, timeout=2.0)
