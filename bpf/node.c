@@ -26,7 +26,19 @@ int from_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parsed == SL_PARSE_MALFORMED)
 		return TC_ACT_SHOT;
-	return route_and_deliver(skb, &pkt);
+	return route_and_deliver(skb, &pkt, HOOK_INGRESS);
+}
+
+/* tc egress of the node's host device (sl-host): the host's own packets to pod CIDRs are
+ * routed onto it, so the node reaches its pods without a host route per pod. */
+SEC("tc")
+int from_host(struct __sk_buff *skb)
+{
+	struct sl_packet pkt = {};
+
+	if (parse_skb(skb, &pkt) != SL_PARSE_OK)
+		return TC_ACT_SHOT;
+	return route_and_deliver(skb, &pkt, HOOK_EGRESS);
 }
 
 /* tc ingress of the tunnel device and the uplink: deliver to local pods directly. */
@@ -41,7 +53,7 @@ int from_network(struct __sk_buff *skb)
 	ep = endpoint_lookup(&pkt.daddr);
 	if (!ep)
 		return TC_ACT_OK;
-	return deliver_local(skb, ep);
+	return deliver_local(skb, ep, HOOK_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "GPL";

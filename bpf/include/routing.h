@@ -47,12 +47,22 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, cons
 	return bpf_skb_store_bytes(skb, ETH_ALEN, src, ETH_ALEN, 0);
 }
 
-/* A local pod: rewrite L2 for its interface and hand the packet to its namespace's
- * ingress directly, skipping the host's routing and netfilter. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_info *ep)
+/* Where the program runs: redirect_peer exists only on tc ingress. */
+enum hook_side {
+	HOOK_INGRESS = 0,
+	HOOK_EGRESS = 1,
+};
+
+/* A local pod: rewrite L2 for its interface and hand the packet over directly, skipping
+ * the host's routing and netfilter. From ingress it goes straight to the pod namespace's
+ * ingress; from egress (host-originated) it is transmitted on the pod's host veth. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_info *ep,
+					 enum hook_side side)
 {
 	if (set_macs(skb, ep->mac, ep->host_mac) < 0)
 		return TC_ACT_SHOT;
+	if (side == HOOK_EGRESS)
+		return bpf_redirect(ep->ifindex, 0);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
@@ -75,7 +85,8 @@ static __always_inline int deliver_tunnel(struct __sk_buff *skb, struct route_en
 
 static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packet *pkt)
 {
-	struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
+	/* Host-originated packets have no ingress device: look up from the one they left by. */
+	struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex ?: skb->ifindex };
 	struct bpf_redir_neigh nh = {};
 	int ret;
 
@@ -103,14 +114,15 @@ static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packe
 }
 
 /* Where does a packet for pkt->daddr go? Local pods first, then the route table. */
-static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt)
+static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt,
+					     enum hook_side side)
 {
 	struct sl_lpm_key key = { .prefixlen = 128, .addr = pkt->daddr };
 	struct endpoint_info *ep = endpoint_lookup(&pkt->daddr);
 	struct route_entry *route;
 
 	if (ep)
-		return deliver_local(skb, ep);
+		return deliver_local(skb, ep, side);
 
 	route = bpf_map_lookup_elem(&routes, &key);
 	if (!route)

@@ -145,3 +145,24 @@ def test_non_ip_passes_and_malformed_is_dropped(node: BpfObject) -> None:
     bad = bytearray(packet("198.18.16.2", "198.18.16.3"))
     bad[14] = 0x43
     assert test_run(prog, bytes(bad)).retval == TC_SHOT
+
+
+@pytest.mark.parametrize(("src", "dst"), [("198.18.0.11", "198.18.16.3"),
+                                          ("fd00:ff::11", "fd00:10:1::3")],
+                         ids=["ipv4", "ipv6"])
+def test_from_host_delivers_host_traffic_to_local_pods(node: BpfObject, src: str,
+                                                       dst: str) -> None:
+    endpoints(node).update(SlAddr.of(dst), ep.EndpointInfo.pod(ifindex=42, mac=POD_MAC,
+                                                               host_mac=HOST_MAC))
+    result = test_run(node.program("from_host"), packet(src, dst))
+    assert result.retval == TC_REDIRECT
+    frame = Ether(result.data)
+    assert (frame.dst, frame.src) == (POD_MAC, HOST_MAC)
+
+
+def test_from_host_drops_what_no_pod_or_route_owns(node: BpfObject) -> None:
+    prog = node.program("from_host")
+    routes(node).update(rt.RouteKey.of("198.18.16.0/24"), rt.RouteEntry.of(rt.RouteKind.LOCAL_PODS))
+    assert test_run(prog, packet("198.18.0.11", "198.18.16.99")).retval == TC_SHOT
+    arp = bytes(Ether() / ARP(psrc="198.18.0.11", pdst="198.18.16.99"))
+    assert test_run(prog, arp).retval == TC_SHOT
