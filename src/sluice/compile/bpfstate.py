@@ -1,0 +1,67 @@
+"""bpf mode: the map entries and program attachments a node needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sluice.compile.devices import HOST_DEVICE, TUNNEL_DEVICE
+from sluice.compile.endpoints import LocalEndpoints
+from sluice.compile.podroutes import PodCidrPlace, pod_cidr_routes
+from sluice.compile.topology import NodeView, RoutingMode
+from sluice.datapath.routing import RouteKind
+from sluice.model.addresses import IPAddress, IPNetwork
+
+_ROUTE_KINDS = {
+    PodCidrPlace.LOCAL: RouteKind.LOCAL_PODS,
+    PodCidrPlace.TUNNEL: RouteKind.REMOTE_TUNNEL,
+    PodCidrPlace.NATIVE: RouteKind.REMOTE_NATIVE,
+}
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    host_ifname: str
+    host_ifindex: int
+    pod_mac: str
+    host_mac: str
+    identity: int = 0
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    kind: RouteKind
+    next_hop: IPAddress | None = None
+
+    @property
+    def via_tunnel(self) -> bool:
+        """Apply fills in the tunnel device's ifindex."""
+        return self.kind is RouteKind.REMOTE_TUNNEL
+
+
+@dataclass(frozen=True)
+class BpfState:
+    endpoints: Mapping[IPAddress, EndpointSpec]
+    routes: Mapping[IPNetwork, RouteSpec]
+    endpoint_devices: frozenset[str]  # host veths: from_endpoint on tc ingress
+    network_device: str  # tunnel device or uplink: from_network on tc ingress
+    host_device: str  # from_host on tc egress
+    problems: tuple[str, ...] = ()
+
+
+def bpf_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
+              uplink: str) -> BpfState:
+    entries = {
+        address: EndpointSpec(e.host_ifname, e.host_ifindex, e.pod_mac, e.host_mac)
+        for e in endpoints.endpoints for address in e.addresses
+    }
+    cidr_routes = pod_cidr_routes(view, mode)
+    routes = {r.cidr: RouteSpec(_ROUTE_KINDS[r.place], r.next_hop) for r in cidr_routes.routes}
+    return BpfState(
+        endpoints=entries,
+        routes=routes,
+        endpoint_devices=frozenset(e.host_ifname for e in endpoints.endpoints),
+        network_device=TUNNEL_DEVICE if mode is RoutingMode.VXLAN else uplink,
+        host_device=HOST_DEVICE,
+        problems=endpoints.problems + cidr_routes.problems,
+    )
