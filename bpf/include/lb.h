@@ -1,0 +1,131 @@
+/* Service load balancing: frontends, their backend slots and backend selection.
+ * Shared by the socket hooks (connect-time) and the tc programs (per packet). */
+#ifndef SLUICE_LB_H
+#define SLUICE_LB_H
+
+#include "common.h"
+
+enum lb_flags {
+	LB_F_AFFINITY = 1 << 0,    /* sessionAffinity: ClientIP */
+	LB_F_LOCAL_ONLY = 1 << 1,  /* a traffic policy Local restricted the backends */
+	LB_F_SOURCE_RANGES = 1 << 2, /* loadBalancerSourceRanges apply */
+};
+
+/* A frontend (slot 0) or one of its backend slots (1..count): the slots make the
+ * backend list of a service an ordinary hash lookup, no loops over backends. */
+struct lb_key {
+	union sl_addr addr;
+	__be16 port;
+	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u8 pad;
+	__u16 slot;
+	__u16 pad2;
+};
+
+struct lb_value {
+	__u32 backend_id;       /* slots 1..count */
+	__u32 service_id;       /* slot 0: names the service in affinity and maglev maps */
+	__u16 count;            /* slot 0: backend slots; 0 means reject at once */
+	__u16 flags;            /* enum lb_flags */
+	__u32 affinity_timeout; /* seconds */
+};
+
+struct lb_backend {
+	union sl_addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_key);
+	__type(value, struct lb_value);
+	__uint(max_entries, 65536);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(max_entries, 65536);
+} lb_backends SEC(".maps");
+
+struct lb_affinity_key {
+	__u64 client;   /* netns cookie (socket hooks) or a hash of the client address */
+	__u32 service_id;
+	__u32 pad;
+};
+
+struct lb_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+	__uint(max_entries, 65536);
+} lb_affinity SEC(".maps");
+
+static __always_inline struct lb_value *lb_lookup_service(const union sl_addr *addr,
+							   __be16 port, __u8 proto)
+{
+	struct lb_key key = { .addr = *addr, .port = port, .proto = proto };
+
+	return bpf_map_lookup_elem(&lb_services, &key);
+}
+
+/* Pick a backend for a new flow of CLIENT to the service in SVC (slot 0 of KEY's frontend):
+ * the remembered one under ClientIP affinity while it still exists, else a random one. */
+static __always_inline struct lb_backend *lb_select(const union sl_addr *addr, __be16 port,
+						    __u8 proto, struct lb_value *svc,
+						    __u64 client, __u32 *backend_id)
+{
+	struct lb_key key = { .addr = *addr, .port = port, .proto = proto };
+	struct lb_affinity_key akey = { .client = client, .service_id = svc->service_id };
+	struct lb_affinity *remembered = NULL;
+	struct lb_affinity fresh = {};
+	struct lb_backend *backend;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 id;
+
+	if (svc->count == 0)
+		return NULL;
+	if (svc->flags & LB_F_AFFINITY) {
+		remembered = bpf_map_lookup_elem(&lb_affinity, &akey);
+		if (remembered &&
+		    now - remembered->last_used_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
+			id = remembered->backend_id;
+			backend = bpf_map_lookup_elem(&lb_backends, &id);
+			if (backend) {
+				remembered->last_used_ns = now;
+				*backend_id = id;
+				return backend;
+			}
+		}
+	}
+	key.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	{
+		struct lb_value *slot = bpf_map_lookup_elem(&lb_services, &key);
+
+		if (!slot)
+			return NULL;
+		id = slot->backend_id;
+	}
+	backend = bpf_map_lookup_elem(&lb_backends, &id);
+	if (!backend)
+		return NULL;
+	*backend_id = id;
+	if (svc->flags & LB_F_AFFINITY) {
+		fresh.last_used_ns = now;
+		fresh.backend_id = id;
+		bpf_map_update_elem(&lb_affinity, &akey, &fresh, BPF_ANY);
+	}
+	return backend;
+}
+
+#endif
