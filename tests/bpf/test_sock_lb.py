@@ -56,7 +56,7 @@ class Lab:
     ns: str
     cgroup: str
     services: Map[lb.LbKey, lb.LbValue]
-    backends: Map[object, lb.LbBackend]
+    backends: Map[lb.BackendId, lb.LbBackend]
 
     def client(self, host: str, port: int, kind: str) -> dict[str, object]:
         family = 6 if ":" in host else 4
@@ -137,7 +137,8 @@ def lab() -> Iterator[Lab]:
             cleanup.callback(link.close)
         stop = threading.Event()
         threads = serve(ns, stop)
-        cleanup.callback(lambda: [t.join(2) for t in threads])
+        for thread in threads:
+            cleanup.callback(thread.join, 2)
         cleanup.callback(stop.set)
         yield Lab(ns, cgroup, obj.map(lb.SERVICES_MAP, lb.LbKey, lb.LbValue),
                   obj.map(lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend))
