@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 
+from sluice.compile.lbstate import BackendRef, lb_state
 from sluice.compile.services import (
     NODE_PORT_RANGE,
     Frontend,
@@ -12,6 +13,7 @@ from sluice.compile.services import (
     node_port_allocation,
     service_table,
 )
+from sluice.datapath.lb import LbFlags
 from sluice.datastore import ClusterState
 from sluice.model import Service, parse_text
 from tests.compile.helpers import N1, N2
@@ -195,3 +197,17 @@ def test_node_ports_are_allocated_stably_and_without_collisions() -> None:
     assert first == again
     assert len(set(first.values())) == 50
     assert all(port in NODE_PORT_RANGE for port in first.values())
+
+
+def test_lb_state_slots_backends_and_flags() -> None:
+    table = service_table(state(PODS, WEB, SLICES), "n1")
+    lbs = lb_state(table)
+    web = lbs.frontends[Frontend(IP("198.19.0.10"), 80, "TCP")]
+    assert web.backends == (BackendRef(IP("198.18.16.2"), 8080, "TCP"),
+                            BackendRef(IP("198.18.17.2"), 9090, "TCP"))
+    api = lbs.frontends[Frontend(IP("198.19.255.1"), 443, "TCP")]
+    assert api.flags == LbFlags.AFFINITY | LbFlags.SOURCE_RANGES
+    assert api.affinity_timeout == 10800
+    assert api.service_id == lbs.frontends[Frontend(IP("198.19.0.20"), 443, "TCP")].service_id, \
+        "affinity is per service port, whichever frontend the client used"
+    assert BackendRef(IP("198.18.16.5"), 8443, "TCP") in lbs.backends
