@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian 12 machine (run as root):
-#   ./setup.sh demo   install everything, build, and run the demo
+#   ./setup.sh demo   install everything, build, and run the demos (prefilter, then a lab)
 #   ./setup.sh test   install everything, build, and run lint, types and the test suite
 #   ./setup.sh        install everything and build, nothing else
 # Idempotent: packages, the venv and the BPF objects are only (re)made when missing or stale.
@@ -79,6 +79,28 @@ run_demo() {
   "$VENV/bin/sluice" validate -f examples/
   log "prefilter demo: two namespaces, real packets, a map written from Python"
   "$VENV/bin/python" examples/prefilter_demo.py
+  run_lab_demo
+}
+
+run_lab_demo() {
+  local lab=demo sluice="$VENV/bin/sluice"
+  log "lab demo: two nodes, four pods (examples/lab-demo.yaml)"
+  "$sluice" lab down --name "$lab" >/dev/null
+  trap '"$VENV/bin/sluice" lab down --name demo' EXIT
+  "$sluice" lab up --name "$lab" -f examples/lab-demo.yaml
+  "$sluice" lab get --name "$lab"
+  log "lab demo: pods talking (TCP and UDP, IPv4 and IPv6, same node, across nodes)"
+  local probe
+  for probe in "demo/client demo/web-1 8080" "demo/client demo/web-2 5353 --protocol UDP" \
+               "demo/web-1 demo/web-2 8080 --family 6" "demo/web-2 demo/client 7000 --family 6" \
+               "node/node1 demo/web-1 8080" "external demo/web-2 8080" \
+               "demo/web-1 node/node2 9100"; do
+    # shellcheck disable=SC2086
+    "$sluice" lab probe --name "$lab" $probe
+  done
+  log "lab demo: removing the lab"
+  "$sluice" lab down --name "$lab"
+  trap - EXIT
 }
 
 main() {

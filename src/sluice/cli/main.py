@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sluice.cli import doctor, validate, version
+from sluice.cli import doctor, lab, validate, version
 
 Handler = Callable[[argparse.Namespace], int]
 
-SUBCOMMANDS = (version, validate, doctor)
+SUBCOMMANDS = (version, validate, doctor, lab)
 
 
 def build_parser() -> argparse.ArgumentParser:

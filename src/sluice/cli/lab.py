@@ -1,0 +1,316 @@
+"""`sluice lab ...`: a multi-node cluster on this machine, in network namespaces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sluice.lab import cleanup, lifecycle, names, shell, views
+from sluice.lab.errors import LabError
+from sluice.lab.interrupts import Terminated
+from sluice.lab.manifests import apply_resources, delete_resources
+from sluice.lab.plan import DATAPLANES, IP_FAMILIES, MAX_NODES, ROUTINGS, LabOptions
+from sluice.lab.probe import DEFAULT_TIMEOUT, PROTOCOLS, Probe, report
+from sluice.lab.state import load_ready, locked
+from sluice.lab.targets import resolve_destination, resolve_place
+from sluice.model import Resource, manifest_files, parse_file
+
+DESCRIPTION = """\
+A Sluice cluster on this machine. Every node is a network namespace running a real
+`sluice agent` with its own bpffs pin directory and cgroup; pods are namespaces wired by
+the real `sluice-cni`, each running a server that answers on every declared containerPort
+(TCP and UDP) with '<pod name> <client IP>'; an external namespace sits outside the
+cluster on the underlay. Must run as root. Several labs can run side by side (--name).
+
+Layout of lab NAME:
+  namespaces  sl-NAME-underlay (bridge br0), sl-NAME-node<i>, sl-NAME-external,
+              sl-NAME-p-<hash> per pod
+  addresses   underlay 198.18.0.0/24 + fd00:ff::/64: node i .10+i, external .250;
+              pods of node i 198.18.(16+i).0/24 + fd00:10:i::/64;
+              service clusterIPs 198.19.0.0/16 + fd00:96::/108
+  state       /run/sluice/labs/NAME/ (state.json, datastore/, nodes/<node>/agent.log,
+              nodes/<node>/cni/, pods/<ns>_<pod>.log)
+  pins        /sys/fs/bpf/sluice-lab-NAME/<node>/
+  cgroups     <cgroup2>/sluice-lab-NAME/<node>/[pods/<ns>_<pod>]"""
+
+EPILOG = """\
+examples:
+  sluice lab up -f examples/lab-demo.yaml
+  sluice lab get pods
+  sluice lab probe demo/client demo/web 8080
+  sluice lab exec node/node1 -- ip route
+  sluice lab down"""
+
+
+def _name_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=names.DEFAULT_LAB, type=_lab_name,
+                        help=f"the lab's name (default: {names.DEFAULT_LAB}); 1-16 of "
+                             "[a-z0-9-], starting with a letter")
+
+
+def _lab_name(text: str) -> str:
+    try:
+        return names.check_lab_name(text)
+    except LabError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("-f", "--filename", dest="paths", metavar="PATH", action="append",
+                        required=required, default=None if required else [],
+                        help="a manifest file, or a directory of *.yaml/*.yml/*.json; repeat "
+                             "for more")
+
+
+def _output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="output format (default: table)")
+
+
+def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
+         description: str, handler: Callable[[argparse.Namespace], int]
+         ) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _name_arg(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("lab", help="a multi-node cluster on this machine, in namespaces",
+                            description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(handler=usage)
+    lab = parser.add_subparsers(dest="lab_command", metavar="COMMAND")
+
+    up = _sub(lab, "up", "create a lab", """\
+Create a lab: namespaces, underlay, one agent per node (waits until each answers
+/healthz), then the manifests given with -f. Prints a line per step. If anything fails,
+or the command is interrupted (Ctrl-C, SIGTERM), everything made so far is removed.""",
+              _up)
+    up.add_argument("--nodes", type=int, default=2,
+                    help=f"number of nodes, 1-{MAX_NODES} (default: 2)")
+    up.add_argument("--dataplane", choices=DATAPLANES, default="bpf",
+                    help="bpf (eBPF host routing) or iptables (the host stack); default bpf")
+    up.add_argument("--routing", choices=ROUTINGS, default="vxlan",
+                    help="between nodes: vxlan overlay or native routing; default vxlan")
+    up.add_argument("--ip-family", choices=IP_FAMILIES, default="dual",
+                    help="address families of nodes, pods and services; default dual")
+    _files_arg(up, required=False)
+
+    _sub(lab, "down", "remove a lab and everything it made", """\
+Remove everything lab NAME made: its processes (agents, pod servers, anything started
+with `lab exec`), namespaces, bpffs pins, cgroups and state directory. Works on a
+partially created lab too, and does nothing when there is nothing left.""", _down)
+
+    _sub(lab, "list", "list the labs on this machine",
+         "List the labs that have a state directory under /run/sluice/labs.", _list)
+
+    apply = _sub(lab, "apply", "create or update objects in a lab", """\
+Apply manifests to a lab: Namespaces, Pods, Services, EndpointSlices, NetworkPolicies.
+Pods are scheduled (spec.nodeName, else the node with fewest pods), wired by sluice-cni
+and run a server on each containerPort; Services without clusterIP get one. Every file
+is checked first: on any problem nothing changes.""", _apply)
+    _files_arg(apply, required=True)
+
+    delete = _sub(lab, "delete", "delete objects from a lab", """\
+Delete the objects named in the manifests (pods are torn down: server, sluice-cni DEL,
+namespace). Objects that do not exist are an error (nothing changes) unless
+--ignore-not-found.""", _delete)
+    _files_arg(delete, required=True)
+    delete.add_argument("--ignore-not-found", action="store_true",
+                        help="skip objects that do not exist")
+
+    get = _sub(lab, "get", "show nodes, pods or services",
+               "Show the lab's nodes (with agent status), pods and services.", _get)
+    get.add_argument("kind", nargs="?", choices=views.KINDS, help="what to show (default: all)")
+    _output_arg(get)
+
+    execute = _sub(lab, "exec", "run a command in a node, pod, external or underlay", """\
+Run COMMAND in TARGET's network namespace (NS/POD, node/NODE, external or underlay) and
+cgroup, with this terminal. Exits with the command's exit status.""", _exec)
+    execute.add_argument("target", metavar="TARGET")
+    execute.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+    probe = _sub(lab, "probe", "connect from one place to another and report who answered", """\
+One TCP connection (or UDP datagram) from FROM (NS/POD, node/NODE or external) to TO
+(NS/POD, svc/NS/NAME, node/NODE or an IP address) on PORT. Prints the result
+(connected, refused, timeout, error), the pod that answered (peer), the client address
+it saw (client_ip) and the latency. Exits 0 only when connected.""", _probe)
+    probe.add_argument("source", metavar="FROM")
+    probe.add_argument("destination", metavar="TO")
+    probe.add_argument("port", metavar="PORT", type=int)
+    probe.add_argument("--protocol", type=str.upper, choices=PROTOCOLS, default="TCP",
+                       help="TCP (default) or UDP")
+    probe.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"how long to wait for an answer (default: {DEFAULT_TIMEOUT:g})")
+    probe.add_argument("--family", type=int, choices=(4, 6),
+                       help="IP family of TO (default: that of an IP given, else the lab's "
+                            "first family)")
+    _output_arg(probe)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except LabError as err:
+        print(f"sluice lab {args.lab_command}: {err}", file=sys.stderr, flush=True)
+        return 1
+    except Terminated as err:
+        return 128 + err.signum
+
+
+def _load_manifests(command: str, paths: list[str]) -> list[Resource] | None:
+    """Every resource in PATHS; on problems, print them all and return None."""
+    resources: list[Resource] = []
+    for path in paths:
+        files = manifest_files(path)
+        if not files:
+            print(f"sluice lab {command}: {path}: no *.yaml, *.yml or *.json files in "
+                  "directory", file=sys.stderr)
+            return None
+        for file in files:
+            result = parse_file(file)
+            if result.problems:
+                for problem in result.problems:
+                    print(problem, file=sys.stderr)
+                count = len(result.problems)
+                print(f"sluice lab {command}: {result.file}: {count} problem"
+                      f"{'s' if count != 1 else ''}; nothing was changed", file=sys.stderr)
+                return None
+            resources.extend(result.resources)
+    return resources
+
+
+def _up(args: argparse.Namespace) -> int:
+    resources = _load_manifests("up", args.paths)
+    if resources is None:
+        return 1
+
+    def body() -> int:
+        options = LabOptions(nodes=args.nodes, dataplane=args.dataplane, routing=args.routing,
+                             ip_family=args.ip_family)
+        lifecycle.up(args.name, options, resources, _say)
+        _say(f"next: sluice lab get --name {args.name} | sluice lab down --name {args.name}")
+        return 0
+
+    return _guarded(args, body)
+
+
+def _down(args: argparse.Namespace) -> int:
+    def body() -> int:
+        removed = cleanup.remove_lab(args.name, _say)
+        for problem in removed.problems:
+            print(f"sluice lab down: {problem}", file=sys.stderr)
+        return 1 if removed.problems else 0
+
+    return _guarded(args, body)
+
+
+def _list(args: argparse.Namespace) -> int:
+    root = names.STATE_ROOT
+    labs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for lab in labs:
+        print(lab)
+    return 0
+
+
+def _change(args: argparse.Namespace, command: str) -> int:
+    resources = _load_manifests(command, args.paths)
+    if resources is None:
+        return 1
+
+    def body() -> int:
+        with locked(args.name):
+            state = load_ready(args.name)
+            if command == "apply":
+                apply_resources(state, resources, _say)
+            else:
+                delete_resources(state, resources, _say, args.ignore_not_found)
+        return 0
+
+    return _guarded(args, body)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    return _change(args, "apply")
+
+
+def _delete(args: argparse.Namespace) -> int:
+    return _change(args, "delete")
+
+
+def _get(args: argparse.Namespace) -> int:
+    def body() -> int:
+        state = load_ready(args.name)
+        kinds = [args.kind] if args.kind else list(views.KINDS)
+        rows = {kind: views.ROWS[kind](state) for kind in kinds}
+        if args.output == "json":
+            doc: Any = rows[args.kind] if args.kind else rows
+            print(json.dumps(doc, indent=2))
+            return 0
+        print("\n\n".join(views.table(kind, rows[kind]) for kind in kinds))
+        return 0
+
+    return _guarded(args, body)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+
+    def body() -> int:
+        state = load_ready(args.name)
+        return shell.run_in(resolve_place(state, args.target, allow_underlay=True), command)
+
+    return _guarded(args, body)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    def body() -> int:
+        if not 1 <= args.port <= 65535:
+            raise LabError(f"PORT must be 1-65535, got {args.port}")
+        if args.timeout <= 0:
+            raise LabError(f"--timeout must be positive, got {args.timeout:g}")
+        state = load_ready(args.name)
+        source = resolve_place(state, args.source)
+        target = resolve_destination(state, args.destination, args.family)
+        outcome = Probe(source.netns, target.address, args.port, args.protocol,
+                        args.timeout).run()
+        doc = report(outcome, **{"from": source.label, "to": target.label,
+                                 "address": target.address, "port": args.port,
+                                 "protocol": args.protocol, "family": target.family})
+        if args.output == "json":
+            print(json.dumps(doc, indent=2))
+        else:
+            print(_probe_line(doc))
+        return 0 if outcome.result == "connected" else 1
+
+    return _guarded(args, body)
+
+
+def _probe_line(doc: dict[str, Any]) -> str:
+    address = f"[{doc['address']}]" if doc["family"] == 6 else doc["address"]
+    line = f"{doc['result']:<9}  {doc['from']} -> {doc['to']} ({address}:{doc['port']}/" \
+           f"{doc['protocol']})"
+    if doc["peer"]:
+        line += f"  peer={doc['peer']} client_ip={doc['client_ip']}"
+    if doc["latency_ms"] is not None:
+        line += f"  {doc['latency_ms']:.2f} ms"
+    if doc["error"]:
+        line += f"  ({doc['error']})"
+    return line

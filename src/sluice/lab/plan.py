@@ -1,0 +1,144 @@
+"""What a lab looks like before anything is made: pure functions of its name and options.
+
+Addresses (per --ip-family; dual-stack labs use both):
+
+    underlay     198.18.0.0/24        fd00:ff::/64
+    node i       198.18.0.(10+i)      fd00:ff::(10+i)      (i = 1..MAX_NODES)
+    external     198.18.0.250         fd00:ff::250
+    pods, node i 198.18.(16+i).0/24   fd00:10:i::/64
+    services     198.19.0.0/16        fd00:96::/108        (clusterIPs the lab allocates)
+
+Pod MTU is 1450 with VXLAN (room for the 50-byte encapsulation) and 1500 with native
+routing; every underlay link has MTU 1500.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from sluice.lab import names
+from sluice.lab.errors import LabError
+
+Dataplane: TypeAlias = Literal["bpf", "iptables"]
+Routing: TypeAlias = Literal["vxlan", "native"]
+IPFamilyOption: TypeAlias = Literal["ipv4", "ipv6", "dual"]
+
+DATAPLANES: tuple[Dataplane, ...] = ("bpf", "iptables")
+ROUTINGS: tuple[Routing, ...] = ("vxlan", "native")
+IP_FAMILIES: tuple[IPFamilyOption, ...] = ("ipv4", "ipv6", "dual")
+
+MAX_NODES = 64
+UNDERLAY_V4 = ipaddress.IPv4Network("198.18.0.0/24")
+UNDERLAY_V6 = ipaddress.IPv6Network("fd00:ff::/64")
+SERVICE_V4 = ipaddress.IPv4Network("198.19.0.0/16")
+SERVICE_V6 = ipaddress.IPv6Network("fd00:96::/108")
+EXTERNAL_HOST = 250
+NODE_HOST_BASE = 10
+POD_V4_BASE = 16
+UNDERLAY_MTU = 1500
+VXLAN_OVERHEAD = 50
+AGENT_LISTEN = "127.0.0.1:9962"
+UPLINK = "eth0"
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    nodes: int = 2
+    dataplane: Dataplane = "bpf"
+    routing: Routing = "vxlan"
+    ip_family: IPFamilyOption = "dual"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise LabError(f"--nodes must be between 1 and {MAX_NODES}, got {self.nodes}")
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """IP versions in the lab, primary first: (4,), (6,) or (4, 6)."""
+        return {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}[self.ip_family]
+
+    @property
+    def pod_mtu(self) -> int:
+        return UNDERLAY_MTU - VXLAN_OVERHEAD if self.routing == "vxlan" else UNDERLAY_MTU
+
+
+def _host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, number: int) -> str:
+    """Host NUMBER of NETWORK; in IPv6 the decimal digits are reused (::11 for 11)."""
+    if network.version == 4:
+        return str(network.network_address + number)
+    return str(ipaddress.IPv6Address(f"{network.network_address}{number}"))
+
+
+def underlay_address(family: int, number: int) -> str:
+    return _host(UNDERLAY_V4 if family == 4 else UNDERLAY_V6, number)
+
+
+def underlay_prefix(family: int) -> int:
+    return (UNDERLAY_V4 if family == 4 else UNDERLAY_V6).prefixlen
+
+
+def pod_cidr(family: int, index: int) -> str:
+    if family == 4:
+        return f"198.18.{POD_V4_BASE + index}.0/24"
+    return str(ipaddress.IPv6Network(f"fd00:10:{index}::/64"))
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    index: int
+    netns: str
+    addresses: tuple[str, ...]
+    """Underlay (InternalIP) addresses, primary family first."""
+    pod_cidrs: tuple[str, ...]
+    """Pod CIDRs, in the same family order."""
+    pin_dir: str
+    cgroup: str
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """A namespace on the underlay that is not a node (the external one)."""
+
+    netns: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    name: str
+    options: LabOptions
+    underlay_netns: str
+    external: EndpointPlan
+    nodes: tuple[NodePlan, ...]
+
+    def node(self, name: str) -> NodePlan:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(node.name for node in self.nodes)
+        raise LabError(f"lab {self.name} has no node {name!r} (nodes: {known})")
+
+
+def plan_lab(name: str, options: LabOptions) -> LabPlan:
+    names.check_lab_name(name)
+    families = options.families
+    nodes = tuple(
+        NodePlan(
+            name=names.node_name(index),
+            index=index,
+            netns=names.node_netns(name, names.node_name(index)),
+            addresses=tuple(underlay_address(f, NODE_HOST_BASE + index) for f in families),
+            pod_cidrs=tuple(pod_cidr(f, index) for f in families),
+            pin_dir=str(names.pin_dir(name, names.node_name(index))),
+            cgroup=names.node_cgroup(name, names.node_name(index)),
+        )
+        for index in range(1, options.nodes + 1)
+    )
+    external = EndpointPlan(
+        netns=names.external_netns(name),
+        addresses=tuple(underlay_address(f, EXTERNAL_HOST) for f in families),
+    )
+    return LabPlan(name, options, names.underlay_netns(name), external, nodes)
