@@ -7,12 +7,15 @@ from sluice.loader.attach import (
     ClsactFilter,
     Direction,
     Link,
+    LinkState,
     XdpMode,
     attach_cgroup,
     attach_clsact,
     attach_tc,
     attach_tcx,
     attach_xdp,
+    tcx_attach_type,
+    tcx_program_ids,
 )
 from sluice.loader.layout import LayoutMismatchError
 from sluice.loader.libbpf import LibbpfError
@@ -28,6 +31,7 @@ __all__ = [
     "LayoutMismatchError",
     "LibbpfError",
     "Link",
+    "LinkState",
     "Map",
     "Program",
     "RingBuffer",
@@ -40,5 +44,7 @@ __all__ = [
     "attach_tc",
     "attach_tcx",
     "attach_xdp",
+    "tcx_attach_type",
+    "tcx_program_ids",
     "test_run",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sluice.loader.btf import kernel_enum
-from sluice.loader.libbpf import LibbpfError, TcHook, TcOpts, check, lib
+from sluice.loader.libbpf import LibbpfError, LinkInfo, TcHook, TcOpts, check, lib
 from sluice.loader.objects import Program
 
 
@@ -57,6 +57,18 @@ def tcx_supported() -> bool:
     return "BPF_TCX_INGRESS" in kernel_enum("bpf_attach_type")
 
 
+@dataclass(frozen=True)
+class LinkState:
+    """What the kernel reports about a link. For tcx and XDP links `ifindex` is the device
+    it is attached to, 0 once that device is gone (the link is then defunct)."""
+
+    link_type: int
+    link_id: int
+    prog_id: int
+    ifindex: int
+    attach_type: int
+
+
 @dataclass
 class Link:
     """A bpf_link: the attachment lives while the fd is open or the link is pinned."""
@@ -80,6 +92,18 @@ class Link:
 
     def pin(self, path: str) -> None:
         check(lib().bpf_obj_pin(self.fd, path.encode()), f"pinning link {self.description}")
+
+    def info(self) -> LinkState:
+        info = LinkInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        check(lib().bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size)),
+              f"reading info of link {self.description}")
+        return LinkState(info.type, info.id, info.prog_id, info.ifindex, info.attach_type)
+
+    def update(self, prog: Program) -> None:
+        """Swap the link's program for PROG atomically: the hook is never left empty."""
+        check(lib().bpf_link_update(self.fd, prog.fd, None),
+              f"replacing the program of {self.description} with {prog.name}")
 
     def detach(self) -> None:
         """Detach now, whoever else holds the link, and close it."""
@@ -132,9 +156,29 @@ def attach_clsact(prog: Program, ifindex: int, direction: Direction, *, priority
     return tc_filter
 
 
+def _tcx_type_name(direction: Direction) -> str:
+    return "BPF_TCX_INGRESS" if direction is Direction.INGRESS else "BPF_TCX_EGRESS"
+
+
+def tcx_attach_type(direction: Direction) -> int:
+    """The kernel's attach type number of a tcx hook, as `LinkState.attach_type` reports it."""
+    return attach_type(_tcx_type_name(direction))
+
+
 def attach_tcx(prog: Program, ifindex: int, direction: Direction) -> Link:
-    type_name = "BPF_TCX_INGRESS" if direction is Direction.INGRESS else "BPF_TCX_EGRESS"
-    return Link.create(prog, ifindex, type_name, f"tcx {direction.value} of ifindex {ifindex}")
+    return Link.create(prog, ifindex, _tcx_type_name(direction),
+                       f"tcx {direction.value} of ifindex {ifindex}")
+
+
+def tcx_program_ids(ifindex: int, direction: Direction, *, limit: int = 64) -> list[int]:
+    """The ids of the programs attached to a device's tcx hook, in run order."""
+    ids = (ctypes.c_uint32 * limit)()
+    count = ctypes.c_uint32(limit)
+    attach_flags = ctypes.c_uint32()
+    check(lib().bpf_prog_query(ifindex, tcx_attach_type(direction), 0, ctypes.byref(attach_flags),
+                               ids, ctypes.byref(count)),
+          f"querying tcx {direction.value} of ifindex {ifindex}")
+    return [int(ids[i]) for i in range(min(count.value, limit))]
 
 
 def attach_tc(prog: Program, ifindex: int, direction: Direction) -> Link | ClsactFilter:

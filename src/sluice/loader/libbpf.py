@@ -184,6 +184,21 @@ class ProgInfo(Structure):
     ]
 
 
+class LinkInfo(Structure):
+    """The leading fields of struct bpf_link_info: type, id, prog_id, then the first two
+    u32 members of the per-type union, which for tcx links are (ifindex, attach_type) and
+    for XDP links (ifindex, -). The kernel accepts a shorter struct."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("prog_id", c_uint32),
+        ("_pad", c_uint32),  # the union is 8-byte aligned
+        ("ifindex", c_uint32),
+        ("attach_type", c_uint32),
+    ]
+
+
 RingBufferSampleFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 PrintFn = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 
@@ -241,6 +256,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
     "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
     "bpf_link_detach": (c_int, [c_int]),
+    "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
+    "bpf_prog_query": (
+        c_int,
+        [c_int, c_int, c_uint32, POINTER(c_uint32), POINTER(c_uint32), POINTER(c_uint32)],
+    ),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
     "libbpf_probe_bpf_prog_type": (c_int, [c_int, c_void_p]),
     "libbpf_probe_bpf_map_type": (c_int, [c_int, c_void_p]),
