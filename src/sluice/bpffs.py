@@ -6,6 +6,8 @@ import ctypes
 import os
 
 DEFAULT_PATH = "/sys/fs/bpf"
+BPF_FS_MAGIC = 0xCAFE4A11
+_STATFS_SIZE = 120  # struct statfs on 64-bit Linux; f_type is its first member
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -31,3 +33,12 @@ def ensure_bpffs(path: str = DEFAULT_PATH) -> str:
         err = ctypes.get_errno()
         raise OSError(err, f"mounting bpffs at {path}: {os.strerror(err)}")
     return path
+
+
+def is_bpffs(path: str) -> bool:
+    """Whether PATH (which must exist) lies on a bpf filesystem."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.statfs(path.encode(), buf):
+        err = ctypes.get_errno()
+        raise OSError(err, f"statfs {path}: {os.strerror(err)}")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == BPF_FS_MAGIC
