@@ -1,0 +1,91 @@
+"""Sync the node datapath's `endpoints` and `routes` maps to desired entries.
+
+Read the map, write only entries that are missing or differ, delete entries that are not
+desired. Never flush and refill: the datapath reads these maps while they are synced, and
+an entry that did not change is not written at all, so a route keeps its `hits` counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from sluice.apply.diff import Changes
+from sluice.apply.errors import ApplyError
+from sluice.compile.bpfstate import EndpointSpec, RouteSpec
+from sluice.datapath.endpoints import EndpointInfo, EndpointKey
+from sluice.datapath.routing import RouteEntry, RouteKey
+from sluice.loader.maps import Map
+from sluice.model.addresses import IPAddress, IPNetwork
+
+K = TypeVar("K", bound=Any)
+V = TypeVar("V", bound=Any)
+
+
+def endpoint_entry(spec: EndpointSpec) -> EndpointInfo:
+    return EndpointInfo.pod(ifindex=spec.host_ifindex, mac=spec.pod_mac, host_mac=spec.host_mac,
+                            identity=spec.identity)
+
+
+def route_entry(cidr: IPNetwork, spec: RouteSpec, tunnel_ifindex: int | None) -> RouteEntry:
+    ifindex = 0
+    if spec.via_tunnel:
+        if not tunnel_ifindex:
+            raise ApplyError(f"route {cidr} goes through the tunnel, but there is no tunnel "
+                             "device")
+        ifindex = tunnel_ifindex
+    return RouteEntry.of(spec.kind, ifindex=ifindex, next_hop=spec.next_hop)
+
+
+def _route_fields(entry: RouteEntry) -> tuple[int, int, bytes]:
+    """What the agent decides about a route; `hits` is the datapath's."""
+    return entry.kind, entry.ifindex, bytes(entry.next_hop)
+
+
+def sync_endpoints(endpoints: Map[EndpointKey, EndpointInfo],
+                   desired: Mapping[IPAddress, EndpointSpec]) -> Changes:
+    wanted = {bytes(key): (key, endpoint_entry(spec))
+              for key, spec in ((EndpointKey.of(a), s) for a, s in desired.items())}
+    return sync_map(endpoints, wanted, same=lambda old, new: bytes(old) == bytes(new))
+
+
+def sync_routes(routes: Map[RouteKey, RouteEntry], desired: Mapping[IPNetwork, RouteSpec],
+                tunnel_ifindex: int | None) -> Changes:
+    wanted = {bytes(key): (key, route_entry(cidr, spec, tunnel_ifindex))
+              for key, cidr, spec in ((RouteKey.of(c), c, s) for c, s in desired.items())}
+
+    def carry_hits(old: RouteEntry, new: RouteEntry) -> RouteEntry:
+        new.hits = old.hits
+        return new
+
+    return sync_map(routes, wanted,
+                    same=lambda old, new: _route_fields(old) == _route_fields(new),
+                    merge=carry_hits)
+
+
+def sync_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
+             same: Callable[[V, V], bool],
+             merge: Callable[[V, V], V] | None = None) -> Changes:
+    """Make BPF_MAP hold exactly WANTED (keyed by the key's bytes).
+
+    SAME says whether an existing value already is what is wanted; MERGE builds the value
+    to write over an existing one (to carry datapath-owned fields such as counters).
+    """
+    actual = {bytes(key): (key, value) for key, value in bpf_map.lookup_batch()}
+    changes = Changes()
+    writes: list[tuple[K, V]] = []
+    for raw, (key, value) in wanted.items():
+        current = actual.get(raw)
+        if current is None:
+            changes.added += 1
+            writes.append((key, value))
+        elif same(current[1], value):
+            changes.unchanged += 1
+        else:
+            changes.changed += 1
+            writes.append((key, merge(current[1], value) if merge else value))
+    stale = [key for raw, (key, _) in actual.items() if raw not in wanted]
+    changes.removed = len(stale)
+    bpf_map.update_batch(writes)
+    bpf_map.delete_batch(stale)
+    return changes
