@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sluice.cli import doctor, lab, validate, version
+from sluice.cli import agent, doctor, lab, validate, version
 
 Handler = Callable[[argparse.Namespace], int]
 
-SUBCOMMANDS = (version, validate, doctor, lab)
+SUBCOMMANDS = (version, validate, doctor, agent, lab)
 
 
 def build_parser() -> argparse.ArgumentParser:

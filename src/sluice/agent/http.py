@@ -1,0 +1,87 @@
+"""The agent's HTTP endpoints: /healthz, /metrics, /state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sluice.agent import metrics
+from sluice.agent.config import AgentConfig
+from sluice.agent.reconcile import RouteHits
+from sluice.agent.stateview import state_document
+from sluice.agent.status import AgentStatus
+
+log = logging.getLogger("sluice.agent.http")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    config: AgentConfig
+    status: AgentStatus
+    route_hits: Callable[[], list[RouteHits]]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            health = self.server.status.health()
+            self._send(200 if health.ok else 503, "text/plain; charset=utf-8",
+                       ("ok" if health.ok else health.reason) + "\n")
+        elif path == "/metrics":
+            try:
+                hits = self.server.route_hits()
+            except OSError as err:
+                log.warning("reading route hit counters: %s", err)
+                hits = []
+            body = metrics.render(self.server.config, self.server.status.view(), hits)
+            self._send(200, metrics.CONTENT_TYPE, body)
+        elif path == "/state":
+            doc = state_document(self.server.config, self.server.status.view())
+            self._send(200, "application/json", json.dumps(doc, indent=2) + "\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8",
+                       "not found: try /healthz, /metrics or /state\n")
+
+    def _send(self, code: int, content_type: str, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class AgentHttpServer:
+    def __init__(self, config: AgentConfig, status: AgentStatus,
+                 route_hits: Callable[[], list[RouteHits]]) -> None:
+        host, port = config.listen
+        server_class = _Server6 if ":" in host else _Server
+        self._server = server_class((host, port), _Handler)
+        self._server.config = config
+        self._server.status = status
+        self._server.route_hits = route_hits
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,149 @@
+"""One reconcile: read the datastore and the CNI records, compile, apply."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from sluice.agent.config import AgentConfig
+from sluice.agent.records import live_records
+from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
+from sluice.apply.bpfmaps import sync_endpoints, sync_routes
+from sluice.apply.diff import ChangeLog
+from sluice.apply.kernel import apply_kernel_state
+from sluice.apply.links import device_holding, ifindexes, read_links
+from sluice.apply.nodeobject import NodeObject
+from sluice.cni.registry import list_records
+from sluice.compile.bpfstate import BpfState, bpf_state
+from sluice.compile.devices import TUNNEL_DEVICE, TUNNEL_VNI
+from sluice.compile.endpoints import LocalEndpoints, local_endpoints
+from sluice.compile.kernelstate import KernelState, kernel_state
+from sluice.compile.topology import Dataplane, NodeView, RoutingMode, node_view
+from sluice.datapath.routing import RouteKind
+from sluice.datastore import Datastore
+from sluice.model.addresses import IPNetwork
+
+log = logging.getLogger("sluice.agent")
+
+
+class ReconcileError(Exception):
+    """A reconcile could not complete; the message is what /healthz shows."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the last successful reconcile computed (and applied)."""
+
+    revision: int
+    uplink: str
+    endpoints: LocalEndpoints
+    kernel: KernelState
+    bpf: BpfState | None
+    attachments: tuple[Attachment, ...]
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    desired: DesiredState
+    changes: ChangeLog
+    problems: tuple[str, ...]
+    duration: float
+
+
+@dataclass(frozen=True)
+class RouteHits:
+    cidr: IPNetwork
+    kind: str
+    hits: int
+
+
+@dataclass
+class Reconciler:
+    """Holds what lives across reconciles: the datastore and, in bpf mode, the loaded
+    node object (its maps and links are pinned; the process only holds handles)."""
+
+    config: AgentConfig
+    datastore: Datastore
+    node_object: NodeObject | None = field(default=None, init=False)
+
+    def close(self) -> None:
+        if self.node_object is not None:
+            self.node_object.close()
+            self.node_object = None
+
+    def run(self) -> ReconcileOutcome:
+        started = time.monotonic()
+        state = self.datastore.snapshot()
+        problems = [f"datastore: {p}" for p in self.datastore.problems()]
+        view = node_view(state, self.config.node)
+        with IPRoute() as ipr:
+            devices = ifindexes(read_links(ipr))
+            uplink = self._uplink(ipr, view, devices)
+            records, stale = live_records(list_records(self.config.cni_state_dir), devices)
+            problems += stale
+            endpoints = local_endpoints(records)
+            kernel = kernel_state(view, endpoints, self.config.routing, self.config.dataplane,
+                                  uplink)
+            problems += kernel.problems
+            synced = apply_kernel_state(ipr, kernel, [e.host_ifname for e in endpoints.endpoints])
+        changes = synced.changes
+        problems += synced.problems
+        bpf: BpfState | None = None
+        attached: tuple[Attachment, ...] = ()
+        if self.config.dataplane is Dataplane.BPF:
+            bpf = bpf_state(view, endpoints, self.config.routing, uplink)
+            problems += bpf.problems
+            node_object = self._node_object()
+            changes["endpoints"] = sync_endpoints(node_object.endpoints, bpf.endpoints)
+            changes["routes"] = sync_routes(node_object.routes, bpf.routes,
+                                            synced.ifindexes.get(TUNNEL_DEVICE))
+            links = sync_links(self.config.pins, node_object.programs, desired_attachments(bpf),
+                               synced.ifindexes)
+            changes["links"] = links.changes
+            problems += links.problems
+            attached = tuple(links.attached)
+        elif os.path.isdir(links_dir(self.config.pins)):
+            # Left by an earlier bpf-mode agent: its programs would still steer pod
+            # traffic around the host stack this mode relies on.
+            changes["links"] = sync_links(self.config.pins, {}, frozenset(),
+                                          synced.ifindexes).changes
+        desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached)
+        return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
+                                time.monotonic() - started)
+
+    def _uplink(self, ipr: IPRoute, view: NodeView, devices: dict[str, int]) -> str:
+        if self.config.uplink is not None:
+            return self.config.uplink
+        found = device_holding(ipr, view.local.internal_ips)
+        if found is not None:
+            return found
+        if self.config.routing is RoutingMode.NATIVE:
+            addresses = ", ".join(map(str, view.local.internal_ips)) or "none"
+            raise ReconcileError(f"no device holds an InternalIP of node {view.name} "
+                                 f"({addresses}); native routing needs the uplink: pass "
+                                 "--uplink")
+        return ""  # the overlay does not route through a named uplink
+
+    def _node_object(self) -> NodeObject:
+        if self.node_object is None:
+            self.node_object = NodeObject.load(self.config.pins, tunnel_vni=TUNNEL_VNI)
+            log.info("loaded the node datapath; maps pinned in %s", self.config.pins)
+        return self.node_object
+
+    def route_hits(self) -> list[RouteHits]:
+        """Per-route packet counters from the live routes map (bpf mode, once loaded)."""
+        node_object = self.node_object
+        if node_object is None:
+            return []
+        hits = []
+        for key, entry in node_object.routes.lookup_batch():
+            try:
+                kind = RouteKind(entry.kind).name.lower()
+            except ValueError:
+                kind = str(entry.kind)
+            hits.append(RouteHits(key.network(), kind, int(entry.hits)))
+        return sorted(hits, key=lambda h: (h.cidr.version, h.cidr))

@@ -1,0 +1,42 @@
+"""`sluice agent --uninstall`: remove what an agent made on its node.
+
+Detaches and unpins the node's links, unpins its maps and removes the pin directory, and
+deletes Sluice's kernel routes, devices (sl-host, sl-vxlan) and its permanent neighbours
+on the pods' host veths. The pods' veths and the CNI records belong to sluice-cni and are
+left alone; so are sysctls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from pyroute2 import IPRoute
+
+from sluice.agent.config import AgentConfig
+from sluice.apply.attachments import links_dir, remove_links
+from sluice.apply.kernel import remove_kernel_state
+from sluice.apply.nodeobject import remove_maps
+from sluice.cni.registry import list_records
+
+
+def uninstall(config: AgentConfig) -> list[str]:
+    """Returns what was removed (and what was left), one line each."""
+    report: list[str] = []
+    pins = config.pins
+    if os.path.isdir(pins):
+        report.append(f"links: {remove_links(pins)} detached and unpinned")
+        report.append(f"maps: {remove_maps(pins)} unpinned")
+        for directory in (links_dir(pins), pins):
+            with contextlib.suppress(FileNotFoundError):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    report.append(f"left {directory}: it holds {sorted(os.listdir(directory))}")
+    else:
+        report.append(f"no pin directory {pins}")
+    devices = [r.host_ifname for r in list_records(config.cni_state_dir)]
+    with IPRoute() as ipr:
+        log = remove_kernel_state(ipr, devices)
+    report.append(f"kernel: {log.summary()}")
+    return report

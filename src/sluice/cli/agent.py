@@ -1,0 +1,131 @@
+"""`sluice agent`: the node agent (see sluice.agent)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sluice import netns
+from sluice.agent.config import (
+    DEFAULT_CNI_STATE_DIR,
+    DEFAULT_LISTEN,
+    DEFAULT_RESYNC_INTERVAL,
+    AgentConfig,
+    default_pin_dir,
+    parse_listen,
+)
+from sluice.agent.runner import StartupError, run_agent
+from sluice.agent.uninstall import uninstall
+from sluice.compile.topology import Dataplane, RoutingMode
+
+DESCRIPTION = """\
+Run the node agent. It reads the cluster from the datastore and the pods wired on this node
+from the endpoint records of sluice-cni, computes the node's dataplane and writes it:
+
+  bpf mode       the node program on every pod's host veth (tcx ingress), on the tunnel
+                 device or uplink, and on sl-host (tcx egress); the endpoints and routes
+                 maps; sl-host (+ sl-vxlan in vxlan routing) and routes of pod CIDRs to it
+  iptables mode  kernel routes and permanent neighbours per pod; a VXLAN device with one
+                 forwarding entry per peer (vxlan) or routes via the peers (native)
+
+It reconciles on datastore changes, on CNI notifications (<cni-state-dir>/agent.sock) and
+every --resync-interval. Maps and links are pinned under --pin-dir: they keep forwarding
+while the agent is stopped, and a restarted agent adopts them. /healthz, /metrics and
+/state are served on --listen."""
+
+EPILOG = """\
+examples:
+  sluice agent --node n1 --datastore file:///etc/sluice/cluster --allow-host-netns  # a real node
+  sluice agent --node n1 --datastore file:///lab/ds --netns lab-n1 --routing native \\
+      --pin-dir /sys/fs/bpf/sluice-lab/n1 --cni-state-dir /run/sluice/lab/n1
+  sluice agent --node n1 --netns lab-n1 --uninstall    # remove pins, devices, routes"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("agent", help="run the node agent", description=DESCRIPTION,
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--node", required=True, metavar="NAME",
+                        help="this node's name: the Node object in the datastore")
+    parser.add_argument("--datastore", metavar="URL",
+                        help="where the cluster lives, e.g. file:///var/lib/sluice/cluster "
+                             "(required unless --uninstall)")
+    parser.add_argument("--dataplane", choices=[d.value for d in Dataplane],
+                        default=Dataplane.BPF.value,
+                        help="bpf: eBPF host routing; iptables: the host stack forwards "
+                             "(default: %(default)s)")
+    parser.add_argument("--routing", choices=[m.value for m in RoutingMode],
+                        default=RoutingMode.VXLAN.value,
+                        help="how pod traffic crosses nodes: vxlan overlay, or native "
+                             "routing on one L2 underlay (default: %(default)s)")
+    parser.add_argument("--netns", metavar="NAME",
+                        help="run the whole agent in network namespace /run/netns/NAME "
+                             "(entered at start, verified)")
+    parser.add_argument("--cni-state-dir", default=DEFAULT_CNI_STATE_DIR, metavar="DIR",
+                        help="sluice-cni's stateDir: endpoint records and agent.sock "
+                             "(default: %(default)s)")
+    parser.add_argument("--pin-dir", metavar="DIR",
+                        help=f"bpffs directory for maps and links (default: "
+                             f"{default_pin_dir('NODE')})")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                        help="HTTP address for /healthz, /metrics, /state "
+                             "(default: %(default)s)")
+    parser.add_argument("--uplink", metavar="IFNAME",
+                        help="the underlay device (default: the one holding the node's "
+                             "InternalIP)")
+    parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL,
+                        metavar="SECONDS",
+                        help="reconcile at least this often (default: %(default)s)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default="info", help="(default: %(default)s)")
+    parser.add_argument("--allow-host-netns", action="store_true",
+                        help="allow running in the machine's own network namespace (a real "
+                             "node); refused otherwise, so a mistyped command cannot rewire "
+                             "the host")
+    parser.add_argument("--uninstall", action="store_true",
+                        help="remove this node's pinned links and maps, Sluice's devices, "
+                             "routes and neighbours, then exit")
+    parser.set_defaults(handler=run)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"sluice agent: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # libbpf's debug output (every CO-RE relocation) drowns the agent's own.
+    logging.getLogger("sluice.libbpf").setLevel(max(logging.INFO, logging.getLogger().level))
+    if not args.uninstall and not args.datastore:
+        return _fail("--datastore URL is required (e.g. file:///var/lib/sluice/cluster)", 2)
+    if not args.resync_interval > 0:
+        return _fail("--resync-interval must be positive", 2)
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as err:
+        return _fail(str(err), 2)
+    config = AgentConfig(
+        node=args.node, datastore_url=args.datastore or "",
+        dataplane=Dataplane(args.dataplane), routing=RoutingMode(args.routing),
+        netns=args.netns, cni_state_dir=args.cni_state_dir, pin_dir=args.pin_dir or "",
+        listen=listen, uplink=args.uplink, resync_interval=args.resync_interval)
+    if config.netns is not None:
+        # Before anything starts a thread: every later thread inherits the namespace.
+        try:
+            netns.enter_for_process(config.netns)
+        except (OSError, RuntimeError) as err:
+            return _fail(f"cannot run in network namespace {config.netns}: {err}")
+    elif not args.allow_host_netns and netns.in_initial_namespace() is not False:
+        return _fail("refusing to run in the machine's own network namespace (or one that "
+                     "cannot be told apart from it): pass --netns NAME, or --allow-host-netns "
+                     "on a real node", 2)
+    if args.uninstall:
+        for line in uninstall(config):
+            print(line)
+        return 0
+    try:
+        return run_agent(config)
+    except StartupError as err:
+        return _fail(str(err))
