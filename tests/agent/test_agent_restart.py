@@ -1,0 +1,192 @@
+"""The agent restarts between a pod's ADD and DEL (issue 3, CNI item): pinned maps and
+links keep forwarding while it is down, a new agent adopts them without a gap or a second
+attachment, and a DEL that happened while it was down is cleaned up when it is back."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from pyroute2 import IPRoute
+
+from sluice import netns
+from sluice.apply.routes import ROUTE_PROTOCOL
+from sluice.loader import Direction, Link
+from tests.agent.harness import Agent, ClusterNode, MiniCluster, Pod, wait_for
+from tests.conftest import tcp_connects, udp_delivered
+
+pytestmark = pytest.mark.root
+
+STREAM_PORT = 7300
+STREAM_INTERVAL = 0.005
+
+
+@dataclass
+class UdpStream:
+    """Numbered datagrams from one pod to another, all along; counts what arrived."""
+
+    client: Pod
+    server: Pod
+    sent: int = 0
+    received: set[int] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> UdpStream:
+        with netns.entered(self.server.ns):
+            self._rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with netns.entered(self.client.ns):
+            self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._rx.bind((str(self.server.side.ipv4), STREAM_PORT))
+        self._rx.settimeout(0.2)
+        self.threads = [threading.Thread(target=self._receive, daemon=True),
+                        threading.Thread(target=self._send, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _send(self) -> None:
+        while not self.stop.is_set():
+            self._tx.sendto(self.sent.to_bytes(4, "big"), (str(self.server.side.ipv4),
+                                                           STREAM_PORT))
+            self.sent += 1
+            time.sleep(STREAM_INTERVAL)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data, _ = self._rx.recvfrom(64)
+            except TimeoutError:
+                if self.stop.is_set():
+                    return
+                continue
+            self.received.add(int.from_bytes(data, "big"))
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self._tx.close()
+        self._rx.close()
+
+    @property
+    def lost(self) -> int:
+        return self.sent - len(self.received)
+
+
+def link_ids(node: ClusterNode) -> dict[str, int]:
+    ids = {}
+    for name in node.link_pins():
+        link = Link.from_pin(f"{node.pin_dir}/links/{name}")
+        try:
+            ids[name] = link.info().link_id
+        finally:
+            link.close()
+    return ids
+
+
+def flows(a: Pod, c: Pod) -> bool:
+    return all(udp_delivered(x.side, y.side, family, timeout=2.0)
+               and tcp_connects(x.side, y.side, family, timeout=2.0)
+               for x, y in ((a, c), (c, a)) for family in (4, 6))
+
+
+def test_agent_restart_between_add_and_del(cluster: MiniCluster) -> None:
+    cluster.publish()
+    n1, n2 = cluster.nodes
+    agent: Agent = cluster.start_agent(n1)
+    cluster.start_agent(n2)
+    a, c = n1.add_pod("a"), n2.add_pod("c")
+    agent.wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod a's endpoint")
+    cluster.agents[1].wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod c")
+    assert flows(a, c)
+    pins, ids = n1.link_pins(), link_ids(n1)
+    assert pins == {f"from_endpoint@{a.host_ifname}", "from_network@sl-vxlan",
+                    "from_host@sl-host"}
+    programs_before = n1.tcx_programs(a.host_ifname)
+
+    with UdpStream(a, c) as stream:
+        time.sleep(0.3)
+        assert agent.stop() == 0
+        assert flows(a, c), "pinned maps and links forward while the agent is down"
+
+        agent = cluster.start_agent(n1)  # waits for a healthy reconcile
+        time.sleep(0.3)
+    assert stream.sent > 100
+    assert stream.lost == 0, f"{stream.lost} of {stream.sent} datagrams lost over the restart"
+    assert link_ids(n1) == ids, "the pinned links were adopted, not replaced"
+    programs_after = n1.tcx_programs(a.host_ifname)
+    assert len(programs_after) == 1 and programs_after != programs_before, \
+        "one attachment, now running the new agent's program"
+    assert len(n1.tcx_programs("sl-vxlan")) == 1
+    assert len(n1.tcx_programs("sl-host", Direction.EGRESS)) == 1
+    hits = n1.routes_map()["198.18.17.0/24"].hits
+    assert hits >= stream.sent, "route counters survive the restart"
+    assert flows(a, c)
+
+    # DEL while the agent is down: its entries and link stay until it is back.
+    assert agent.stop() == 0
+    n1.delete_pod(a)
+    assert set(n1.endpoints_map()) == {str(a.side.ipv4), str(a.side.ipv6)}
+    assert f"from_endpoint@{a.host_ifname}" in n1.link_pins()
+    agent = cluster.start_agent(n1)
+    wait_for(lambda: n1.endpoints_map() == {}, what="the deleted pod's entries to go")
+    assert n1.link_pins() == {"from_network@sl-vxlan", "from_host@sl-host"}
+    # One log line says what changed: +added ~changed (for links: adopted) -removed.
+    assert "endpoints -2, links ~2 -1" in agent.log_text()
+    b = n1.add_pod("b")
+    agent.wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod b's endpoint")
+    assert flows(b, c)
+
+
+def test_uninstall_removes_what_the_agent_made(cluster: MiniCluster) -> None:
+    cluster.publish()
+    n1, _ = cluster.nodes
+    agent = cluster.start_agent(n1)
+    pod = n1.add_pod("a")
+    agent.wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod a's endpoint")
+    assert agent.stop() == 0
+    assert len(n1.tcx_programs(pod.host_ifname)) == 1, "still attached while stopped"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sluice", "agent", "--node", n1.name, "--netns", n1.ns,
+         "--pin-dir", n1.pin_dir, "--cni-state-dir", str(n1.state_dir), "--uninstall"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "links: 3 detached and unpinned" in result.stdout
+    assert not os.path.exists(n1.pin_dir)
+    assert n1.tcx_programs(pod.host_ifname) == []
+    links = netlink_names(n1)
+    assert "sl-host" not in links and "sl-vxlan" not in links and pod.host_ifname in links
+    assert own_route_count(n1) == 0
+
+
+def test_iptables_mode_removes_links_a_bpf_agent_left(cluster: MiniCluster) -> None:
+    cluster.publish()
+    n1, _ = cluster.nodes
+    agent = cluster.start_agent(n1)
+    pod = n1.add_pod("a")
+    agent.wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod a's endpoint")
+    assert agent.stop() == 0
+    cluster.start_agent(n1, dataplane="iptables")
+    assert n1.link_pins() == set()
+    assert n1.tcx_programs(pod.host_ifname) == []
+    assert "sl-host" not in netlink_names(n1)
+
+
+def netlink_names(node: ClusterNode) -> set[str]:
+    with netns.entered(node.ns), IPRoute() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def own_route_count(node: ClusterNode) -> int:
+    with netns.entered(node.ns), IPRoute() as ipr:
+        return sum(1 for family in (socket.AF_INET, socket.AF_INET6)
+                   for r in ipr.get_routes(family=family, table=254)
+                   if r["proto"] == ROUTE_PROTOCOL)
