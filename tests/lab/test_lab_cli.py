@@ -172,7 +172,7 @@ def test_failed_up_removes_everything(tmp_path: Path) -> None:
 ])
 def test_interrupted_up_removes_everything(tmp_path: Path, signum: int, after: str) -> None:
     name = unique_lab("intr")
-    manifest = write_manifest(tmp_path / "pods.yaml", [pod("a"), pod("b")])
+    manifest = write_manifest(tmp_path / "pods.yaml", [pod("a"), pod("b"), pod("c")])
     up = subprocess.Popen([str(SLUICE), "lab", "up", "--name", name, "-f", str(manifest)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -154,8 +154,8 @@ it saw (client_ip) and the latency. Exits 0 only when connected.""", _probe)
     probe.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"how long to wait for an answer (default: {DEFAULT_TIMEOUT:g})")
     probe.add_argument("--family", type=int, choices=(4, 6),
-                       help="IP family of TO (default: that of an IP given, else the lab's "
-                            "first family)")
+                       help="IP family of TO (default: that of an IP given, else TO's first "
+                            "address: the lab's first family, a Service's primary one)")
     _output_arg(probe)
 
 

@@ -19,7 +19,7 @@ from sluice.lab.errors import LabError
 from sluice.lab.interrupts import Interrupts, ignoring_interrupts
 from sluice.lab.manifests import apply_resources, check_for_lab
 from sluice.lab.plan import LabOptions, LabPlan, plan_lab
-from sluice.lab.state import LabPaths, LabState, new_state, save
+from sluice.lab.state import LabPaths, LabState, locked, new_state, save
 from sluice.model import Resource
 
 Say = Callable[[str], None]
@@ -46,7 +46,6 @@ def up(lab: str, options: LabOptions, resources: Sequence[Resource], say: Say) -
     plan = plan_lab(lab, options)
     check_for_lab(plan, resources)
     began = time.monotonic()
-    claim(lab)
     state = new_state(lab, options)
     interrupts = Interrupts()
 
@@ -54,12 +53,18 @@ def up(lab: str, options: LabOptions, resources: Sequence[Resource], say: Say) -
         say(line)
         interrupts.check()
 
+    claimed = False
     try:
         with interrupts.raising():
-            save(state)
-            _build(state, plan, resources, step)
-            interrupts.check()
+            claim(lab)
+            claimed = True
+            with locked(lab):
+                save(state)
+                _build(state, plan, resources, step)
+                interrupts.check()
     except BaseException as err:
+        if not claimed:
+            raise
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         with ignoring_interrupts():
             say(f"lab {lab}: {reason}; removing what was made")

@@ -74,7 +74,8 @@ def _pick(label: str, candidates: list[str], family: int | None) -> Destination:
 
 
 def resolve_destination(state: LabState, text: str, family: int | None) -> Destination:
-    """Where TEXT points, in FAMILY (default: the literal's, else the lab's primary one)."""
+    """Where TEXT points, in FAMILY (default: the family of the literal, else the target's
+    first address: the lab's first family for pods and nodes, a Service's primary one)."""
     try:
         literal = ipaddress.ip_address(text)
     except ValueError:
@@ -83,7 +84,6 @@ def resolve_destination(state: LabState, text: str, family: int | None) -> Desti
         if family is not None and literal.version != family:
             raise LabError(f"{text} is IPv{literal.version}, not IPv{family}")
         return Destination(text, str(literal), literal.version)
-    family = family or state.options.families[0]
     parts = text.split("/")
     if len(parts) == 3 and parts[0] == "svc" and all(parts[1:]):
         return _pick(text, _service_ips(state, parts[1], parts[2]), family)
