@@ -16,6 +16,8 @@ from sluice.model.addresses import IPAddress, IPNetwork
 
 
 class DeviceKind(Enum):
+    # A device that only sinks what is routed to it, so a tc egress program sees it
+    # (apply makes a `dummy`, or an `ifb` on kernels built without dummy).
     DUMMY = "dummy"
     VXLAN = "vxlan"  # fixed VNI, peers programmed as forwarding entries
     VXLAN_METADATA = "vxlan-metadata"  # collect-metadata: BPF sets the remote per packet
