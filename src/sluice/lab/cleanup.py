@@ -10,6 +10,7 @@ directory, cgroups and state directory by their fixed names.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from sluice.lab import names, procs
 from sluice.lab.state import LabState, load, locked
 
 CGROUP_KILL_TIMEOUT = 5.0
+CGROUP_ATTEMPTS = 5
 
 
 @dataclass
@@ -96,6 +98,27 @@ def kill_cgroup(path: str, timeout: float = CGROUP_KILL_TIMEOUT) -> int:
     return len(pids)
 
 
+def _remove_cgroup_tree(path: str, problems: list[str]) -> int:
+    """Kill what is in cgroup tree PATH and remove it, deepest first; returns how many
+    processes were killed. Processes are never moved out (to a parent or the root): a
+    process that joins meanwhile is killed on the next attempt."""
+    killed = 0
+    for _ in range(CGROUP_ATTEMPTS):
+        killed += kill_cgroup(path)
+        try:
+            for directory, _subdirs, _files in os.walk(path, topdown=False):
+                os.rmdir(directory)
+            return killed
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                problems.append(f"cgroup {path}: {err}")
+                return killed
+    problems.append(f"cgroup {path}: still busy after {CGROUP_ATTEMPTS} attempts")
+    return killed
+
+
 def remove_lab(lab: str, say: Callable[[str], None] = lambda _: None) -> Removed:
     """Remove everything lab LAB made. Idempotent: a second call finds nothing."""
     names.check_lab_name(lab)
@@ -110,12 +133,8 @@ def remove_lab(lab: str, say: Callable[[str], None] = lambda _: None) -> Removed
             removed.processes += len(alive)
         cgroup = cgroup_path(lab)
         if cgroup is not None and os.path.isdir(cgroup):
-            removed.processes += kill_cgroup(cgroup)
-            try:
-                cgroups.remove_tree(cgroup)
-                removed.paths.append(cgroup)
-            except OSError as err:
-                removed.problems.append(f"cgroup {cgroup}: {err}")
+            removed.processes += _remove_cgroup_tree(cgroup, removed.problems)
+            removed.paths.append(cgroup)
         for ns in lab_namespaces(lab):
             try:
                 netns.remove(ns)

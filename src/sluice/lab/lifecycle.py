@@ -16,7 +16,7 @@ from sluice import bpffs, cgroups
 from sluice.datastore import open_datastore
 from sluice.lab import agents, cleanup, names, objects, topology
 from sluice.lab.errors import LabError
-from sluice.lab.interrupts import Interrupts, ignoring_interrupts
+from sluice.lab.interrupts import Interrupts, held_back, ignoring_interrupts
 from sluice.lab.manifests import apply_resources, check_for_lab
 from sluice.lab.plan import LabOptions, LabPlan, plan_lab
 from sluice.lab.state import LabPaths, LabState, locked, new_state, save
@@ -93,9 +93,10 @@ def _build(state: LabState, plan: LabPlan, resources: Sequence[Resource], say: S
     say(f"lab {lab}: datastore {paths.datastore_url} ({len(plan.nodes)} Nodes)")
     started = []
     for node in plan.nodes:
-        record = agents.start_agent(state, node)
-        state.agents[node.name] = record
-        save(state)
+        with held_back():  # a Ctrl-C now would leave an agent nobody recorded
+            record = agents.start_agent(state, node)
+            state.agents[node.name] = record
+            save(state)
         started.append((node, record))
     options = state.options
     say(f"lab {lab}: agents started ({options.dataplane} dataplane, {options.routing} "

@@ -19,6 +19,7 @@ from sluice.datastore import Datastore, ResourceKey
 from sluice.lab import names, objects, procs, servers, topology
 from sluice.lab.cni import CniCall
 from sluice.lab.errors import LabError
+from sluice.lab.interrupts import held_back
 from sluice.lab.plan import NodePlan
 from sluice.lab.state import LabState, PodRecord, PortSpec, save
 from sluice.model import Pod
@@ -65,13 +66,15 @@ class PodOps:
                 cni = self._cni(record, node)
                 undo.callback(_quietly, cni.delete)
                 record.ips = cni.add()
-            record.server = servers.start_server(record)
-            server = record.server
-            undo.callback(lambda: procs.stop([server]))
             undo.callback(_remove_cgroup, record.cgroup)
-            self.state.pods[record.key] = record
-            undo.callback(self._forget, record.key)
-            save(self.state)
+            with held_back():  # a Ctrl-C now would leave a server nobody recorded
+                starting = servers.spawn_server(record)
+                record.server = starting.record
+                undo.callback(procs.stop, [starting.record])
+                self.state.pods[record.key] = record
+                undo.callback(self._forget, record.key)
+                save(self.state)
+            starting.wait(record)
             self.datastore.apply([objects.running(pod, node, record.ips)])
             undo.pop_all()
         return record

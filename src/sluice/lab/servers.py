@@ -6,6 +6,7 @@ import os
 import select
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sluice import cgroups, netns
@@ -24,26 +25,38 @@ def server_argv(pod: PodRecord, ready_fd: int) -> list[str]:
     return argv
 
 
-def start_server(pod: PodRecord, timeout: float = READY_TIMEOUT) -> ProcessRecord:
-    """Start POD's server in its cgroup; return once it has bound every port."""
+@dataclass
+class StartingServer:
+    """A server process that was spawned and is binding its ports."""
+
+    record: ProcessRecord
+    ready_fd: int
+
+    def wait(self, pod: PodRecord, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every port is bound; LabError (server stopped) otherwise."""
+        try:
+            if not _wait_ready(self.ready_fd, timeout):
+                procs.stop([self.record])
+                raise LabError(
+                    f"the server of pod {pod.key} did not bind {_ports(pod)} within "
+                    f"{timeout:.0f}s; the end of {pod.log}:\n{procs.log_tail(pod.log)}")
+        finally:
+            os.close(self.ready_fd)
+
+
+def spawn_server(pod: PodRecord) -> StartingServer:
+    """Start POD's server in its cgroup; `wait` on the result for its ports."""
     cgroup_path = cgroups.create(pod.cgroup)
     read_end, write_end = os.pipe()
     try:
         record = procs.spawn(server_argv(pod, write_end), role=f"server {pod.key}",
                              log=Path(pod.log), cgroup_path=cgroup_path, pass_fds=(write_end,))
-        os.close(write_end)
-        write_end = -1
-        if not _wait_ready(read_end, timeout):
-            procs.stop([record])
-            raise LabError(
-                f"the server of pod {pod.key} did not bind {_ports(pod)} within "
-                f"{timeout:.0f}s; the end of {pod.log}:\n{procs.log_tail(pod.log)}"
-            )
-        return record
-    finally:
+    except BaseException:
         os.close(read_end)
-        if write_end >= 0:
-            os.close(write_end)
+        raise
+    finally:
+        os.close(write_end)
+    return StartingServer(record, read_end)
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:
