@@ -40,7 +40,7 @@ EPILOG = """\
 examples:
   sluice lab up -f examples/lab-demo.yaml
   sluice lab get pods
-  sluice lab probe demo/client demo/web 8080
+  sluice lab probe demo/client demo/web-1 8080 --protocol UDP -o json
   sluice lab exec node/node1 -- ip route
   sluice lab down"""
 

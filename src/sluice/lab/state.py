@@ -8,10 +8,11 @@
       nodes/<node>/agent.log
       pods/<ns>_<pod>.log   the pod server's output
 
-The plan (namespaces, addresses, CIDRs) is not stored: it is a pure function of the lab
-name and options (`sluice.lab.plan`). What is stored is what the plan cannot know: the
-processes started (with their /proc start times, so a reused PID is never signalled)
-and the pods.
+The plan (namespaces, addresses, CIDRs, pin dirs, cgroups) is a pure function of the lab
+name and options (`sluice.lab.plan`); it is recomputed on load, and written under
+"topology" only for people and tools reading the file. What the plan cannot know is the
+state proper: the processes started (with their /proc start times, so a reused PID is
+never signalled) and the pods.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ class LabState:
         return servers + list(self.agents.values())
 
     def to_json(self) -> str:
-        doc = {"version": STATE_VERSION, **asdict(self)}
+        """The state, plus the plan it implies under "topology" (for people and tools
+        reading the file; `from_json` recomputes the plan from the options)."""
+        doc = {"version": STATE_VERSION, **asdict(self), "topology": _topology(self.plan)}
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
@@ -166,6 +169,18 @@ class LabState:
             agents={node: record for node, record in agents.items() if record is not None},
             pods=pods,
         )
+
+
+def _topology(plan: LabPlan) -> dict[str, Any]:
+    return {
+        "underlay": {"netns": plan.underlay_netns},
+        "external": {"netns": plan.external.netns, "addresses": list(plan.external.addresses)},
+        "nodes": [
+            {"name": node.name, "netns": node.netns, "internalIPs": list(node.addresses),
+             "podCIDRs": list(node.pod_cidrs), "pinDir": node.pin_dir, "cgroup": node.cgroup}
+            for node in plan.nodes
+        ],
+    }
 
 
 def _process(raw: Any) -> ProcessRecord | None:
