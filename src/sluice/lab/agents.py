@@ -2,11 +2,14 @@
 
 The agent is started detached, in the node's cgroup, with its output in
 nodes/<node>/agent.log. It enters the node's namespace itself (--netns) and is ready
-when GET /healthz on its --listen address, inside that namespace, answers 200.
+when GET /healthz on its --listen address, inside that namespace, answers 200. A pod is
+ready once, besides its server, its node's agent lists the pod's endpoint in GET /state
+(`endpoints[].key`, `<containerID>-<ifname>`), i.e. the pod is wired into the dataplane.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -20,6 +23,8 @@ from sluice.lab.state import LabState, ProcessRecord
 
 READY_TIMEOUT = 20.0
 HEALTHZ_TIMEOUT = 1.0
+PROGRAM_TIMEOUT = 15.0
+MAX_RESPONSE = 4 << 20
 POLL = 0.1
 
 
@@ -45,8 +50,10 @@ def start_agent(state: LabState, node: NodePlan) -> ProcessRecord:
                        log=state.paths.agent_log(node.name), cgroup_path=cgroup_path)
 
 
-def healthz(node: NodePlan, timeout: float = HEALTHZ_TIMEOUT) -> int | None:
-    """The HTTP status of the agent's /healthz, None if it does not answer."""
+def http_get(node: NodePlan, path: str, timeout: float = HEALTHZ_TIMEOUT
+             ) -> tuple[int, bytes] | None:
+    """(status, body) of GET PATH from the node's agent, inside its namespace; None if
+    it does not answer."""
     host, _, port = AGENT_LISTEN.rpartition(":")
     with netns.entered(node.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -54,20 +61,57 @@ def healthz(node: NodePlan, timeout: float = HEALTHZ_TIMEOUT) -> int | None:
         sock.settimeout(timeout)
         try:
             sock.connect((host, int(port)))
-            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {AGENT_LISTEN}\r\n"
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {AGENT_LISTEN}\r\n"
                          "Connection: close\r\n\r\n".encode())
             reply = b""
-            while b"\r\n" not in reply and len(reply) < 1024:
-                chunk = sock.recv(1024)
+            while len(reply) < MAX_RESPONSE:
+                chunk = sock.recv(65536)
                 if not chunk:
                     break
                 reply += chunk
         except OSError:
             return None
-    fields = reply.split(b"\r\n", 1)[0].split()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    fields = head.split(b"\r\n", 1)[0].split()
     if len(fields) >= 2 and fields[0].startswith(b"HTTP/") and fields[1].isdigit():
-        return int(fields[1])
+        return int(fields[1]), body
     return None
+
+
+def healthz(node: NodePlan, timeout: float = HEALTHZ_TIMEOUT) -> int | None:
+    """The HTTP status of the agent's /healthz, None if it does not answer."""
+    answer = http_get(node, "/healthz", timeout)
+    return None if answer is None else answer[0]
+
+
+def programmed_endpoints(node: NodePlan) -> set[str] | None:
+    """The endpoint keys (`<containerID>-<ifname>`) the agent's last successful reconcile
+    covered, from its /state; None when it cannot tell."""
+    answer = http_get(node, "/state")
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        doc = json.loads(answer[1])
+        return {str(endpoint["key"]) for endpoint in doc["endpoints"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def wait_programmed(node: NodePlan, key: str, record: ProcessRecord | None,
+                    timeout: float = PROGRAM_TIMEOUT) -> None:
+    """Wait until NODE's agent has programmed endpoint KEY. An agent whose /state does
+    not list endpoints is not waited for; one that does not get there is an error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        programmed = programmed_endpoints(node)
+        if programmed is None or key in programmed:
+            return
+        if time.monotonic() > deadline:
+            log = record.log if record else "the agent log"
+            tail = procs.log_tail(record.log) if record else ""
+            raise LabError(f"the agent of {node.name} did not program endpoint {key} within "
+                           f"{timeout:.0f}s (GET /state); the end of {log}:\n{tail}")
+        time.sleep(POLL)
 
 
 def wait_ready(nodes: Sequence[tuple[NodePlan, ProcessRecord]],

@@ -1,7 +1,8 @@
 """A pod's life in the lab: sandbox (namespace + `sluice-cni` ADD), server, datastore record.
 
 Create: pod namespace -> CNI ADD on the node -> cgroup + server bound to every port ->
-Pod written to the datastore as Running and Ready. Every step is undone if a later one
+the node's agent has programmed the endpoint -> Pod written to the datastore as Running
+and Ready. Every step is undone if a later one
 fails. hostNetwork pods skip the namespace and CNI: their server runs in the node's
 namespace and their IPs are the node's.
 
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sluice import cgroups, netns
+from sluice.cni.registry import record_key
 from sluice.datastore import Datastore, ResourceKey
-from sluice.lab import names, objects, procs, servers, topology
-from sluice.lab.cni import CniCall
+from sluice.lab import agents, names, objects, procs, servers, topology
+from sluice.lab.cni import IFNAME, CniCall
 from sluice.lab.errors import LabError
 from sluice.lab.interrupts import held_back
 from sluice.lab.plan import NodePlan
@@ -75,6 +77,9 @@ class PodOps:
                 undo.callback(self._forget, record.key)
                 save(self.state)
             starting.wait(record)
+            if record.container_id is not None:
+                agents.wait_programmed(node, record_key(record.container_id, IFNAME),
+                                       self.state.agents.get(node.name))
             self.datastore.apply([objects.running(pod, node, record.ips)])
             undo.pop_all()
         return record
