@@ -61,6 +61,7 @@ def test_plan_addresses() -> None:
     assert v6.nodes[0].pod_cidrs == ("fd00:10:1::/64",)
     assert v6.options.pod_mtu == 1500
     assert LabOptions().pod_mtu == 1450
+    assert LabOptions(ip_family="ipv6").pod_mtu == 1430, "an IPv6 underlay costs 70 bytes"
     with pytest.raises(LabError, match="no node 'node4'"):
         plan.node("node4")
     with pytest.raises(LabError, match="--nodes"):

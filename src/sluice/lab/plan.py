@@ -8,8 +8,8 @@ Addresses (per --ip-family; dual-stack labs use both):
     pods, node i 198.18.(16+i).0/24   fd00:10:i::/64
     services     198.19.0.0/16        fd00:96::/108        (clusterIPs the lab allocates)
 
-Pod MTU is 1450 with VXLAN (room for the 50-byte encapsulation) and 1500 with native
-routing; every underlay link has MTU 1500.
+Pod MTU leaves room for the VXLAN encapsulation (50 bytes over an IPv4 underlay, 70 over
+IPv6-only) and is 1500 with native routing; every underlay link has MTU 1500.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ EXTERNAL_HOST = 250
 NODE_HOST_BASE = 10
 POD_V4_BASE = 16
 UNDERLAY_MTU = 1500
-VXLAN_OVERHEAD = 50
+VXLAN_OVERHEAD = {4: 50, 6: 70}  # by underlay family: outer IP + UDP + VXLAN + inner Ethernet
 AGENT_LISTEN = "127.0.0.1:9962"
 UPLINK = "eth0"
 
@@ -61,7 +61,11 @@ class LabOptions:
 
     @property
     def pod_mtu(self) -> int:
-        return UNDERLAY_MTU - VXLAN_OVERHEAD if self.routing == "vxlan" else UNDERLAY_MTU
+        if self.routing != "vxlan":
+            return UNDERLAY_MTU
+        # Tunnels run over IPv4 whenever the nodes have it (see compile.topology).
+        underlay = 4 if 4 in self.families else 6
+        return UNDERLAY_MTU - VXLAN_OVERHEAD[underlay]
 
 
 def _host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, number: int) -> str:
