@@ -14,18 +14,16 @@ are never allocated; otherwise the lowest free address wins.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sluice import filelock
 from sluice.cni.spec import Address, Attachment, CniError, Code, Network
 
 LOCK_TIMEOUT = 20.0
-LOCK_POLL = 0.02
 
 
 def range_dirname(network: Network) -> str:
@@ -72,22 +70,11 @@ class Ipam:
     def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         """Hold the state lock for the body; CNI error 11 if it stays busy past TIMEOUT."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise CniError(Code.TRY_AGAIN_LATER,
-                                       f"{self.root / 'lock'} stayed locked for {timeout:g}s"
-                                       ) from None
-                    time.sleep(LOCK_POLL)
-            yield
-        finally:
-            os.close(fd)
+            with filelock.exclusive(self.root / "lock", timeout):
+                yield
+        except filelock.LockBusyError as busy:
+            raise CniError(Code.TRY_AGAIN_LATER, str(busy)) from None
 
     def allocate(self, networks: Sequence[Network], owner: Attachment) -> Address:
         """The lowest free address of the first of NETWORKS that has one."""

@@ -18,18 +18,16 @@ never signalled) and the pods.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
+from sluice import filelock
 from sluice.lab import names
 from sluice.lab.errors import LabError
 from sluice.lab.plan import LabOptions, LabPlan, plan_lab
@@ -246,26 +244,12 @@ def locked(lab: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     directory there is nothing to lock and the body runs unlocked.
     """
     path = LabPaths.of(lab).lock_file
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
+    if not path.parent.is_dir():
         yield
         return
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LabError(
-                        f"lab {lab!r} is busy: another sluice command held {path} "
-                        f"for {timeout:.0f}s"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+        with filelock.exclusive(path, timeout):
+            yield
+    except filelock.LockBusyError:
+        raise LabError(f"lab {lab!r} is busy: another sluice command held {path} "
+                       f"for {timeout:.0f}s") from None
