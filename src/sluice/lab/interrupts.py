@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+Handler = Callable[[int, "FrameType | None"], None] | signal.Handlers
 
 
 class Terminated(KeyboardInterrupt):
@@ -16,9 +17,6 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupts:
@@ -40,19 +38,18 @@ class Interrupts:
         if self.received is not None:
             raise Terminated(self.received)
 
-    @contextlib.contextmanager
-    def raising(self) -> Iterator[None]:
-        previous = {signum: signal.signal(signum, self._handle) for signum in INTERRUPTS}
-        try:
-            yield
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
+    def raising(self) -> contextlib.AbstractContextManager[None]:
+        return _handled_by(self._handle)
+
+
+def ignoring_interrupts() -> contextlib.AbstractContextManager[None]:
+    return _handled_by(signal.SIG_IGN)
 
 
 @contextlib.contextmanager
-def ignoring_interrupts() -> Iterator[None]:
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in INTERRUPTS}
+def _handled_by(handler: Handler) -> Iterator[None]:
+    """Interrupts go to HANDLER for the body; the previous handlers come back after it."""
+    previous = {signum: signal.signal(signum, handler) for signum in INTERRUPTS}
     try:
         yield
     finally:
