@@ -72,7 +72,7 @@ def service_rules(table: ServiceTable, version: int) -> ServiceRules:
     # Sources outside loadBalancerSourceRanges were marked in nat; drop them here.
     filter_rules = [f"-A {FILTER_SERVICES} -m mark --mark {DROP_MARK} -j DROP"]
     node_port_rules: list[str] = []
-    seps: dict[tuple[str, str], str] = {}
+    emitted_seps: set[str] = set()  # frontends of one service port share their SEP chains
     for plan in plans:
         svc_chain = chain_name("SLUICE-SVC", plan.service, plan.port_name, plan.scope.value,
                                plan.frontend)
@@ -92,7 +92,7 @@ def service_rules(table: ServiceTable, version: int) -> ServiceRules:
             filter_rules.append(f"-A {FILTER_SERVICES} -d {_host(plan.frontend.address, version)} "
                                 f"{_comment(plan)} {_match(plan)} -j REJECT --reject-with {reject}")
             continue
-        nat.extend(_service_chain(plan, svc_chain, seps, nat_chains))
+        nat.extend(_service_chain(plan, svc_chain, emitted_seps, nat_chains))
     nat.extend(node_port_rules)
     nat.append(f"-A {SERVICES} -m addrtype --dst-type LOCAL -j {NODEPORTS}")
     text = "\n".join([
@@ -128,7 +128,7 @@ def _external_chains(plan: ServicePlan, svc_chain: str,
     return firewall, rules
 
 
-def _service_chain(plan: ServicePlan, chain: str, seps: dict[tuple[str, str], str],
+def _service_chain(plan: ServicePlan, chain: str, emitted_seps: set[str],
                    nat_chains: list[str]) -> list[str]:
     rules: list[str] = []
     count = len(plan.backends)
@@ -137,10 +137,7 @@ def _service_chain(plan: ServicePlan, chain: str, seps: dict[tuple[str, str], st
     for backend in plan.backends:
         endpoint = (f"[{backend.address}]:{backend.port}" if backend.address.version == 6
                     else f"{backend.address}:{backend.port}")
-        sep = seps.get((chain, endpoint))
-        if sep is None:
-            sep = chain_name("SLUICE-SEP", plan.service, plan.port_name, endpoint)
-            seps[(chain, endpoint)] = sep
+        sep = chain_name("SLUICE-SEP", plan.service, plan.port_name, endpoint)
         sep_chains.append((sep, backend, endpoint))
     if affinity is not None:
         rules += [f"-A {chain} -m recent --name {sep} --rcheck --seconds {affinity} --reap "
@@ -154,8 +151,9 @@ def _service_chain(plan: ServicePlan, chain: str, seps: dict[tuple[str, str], st
             rules.append(f"-A {chain} -j {sep}")
     proto = plan.frontend.protocol.lower()
     for sep, backend, endpoint in sep_chains:
-        if sep in nat_chains:
+        if sep in emitted_seps:
             continue
+        emitted_seps.add(sep)
         nat_chains.append(sep)
         version = backend.address.version
         rules.append(f"-A {sep} -s {_host(backend.address, version)} -j {MARK_MASQ}")
