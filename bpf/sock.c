@@ -68,9 +68,11 @@ static __always_inline int translate_to_backend(struct bpf_sock_addr *ctx, int f
 
 	ctx_addr(ctx, family, &addr);
 	svc = lb_lookup_service(&addr, port, proto);
-	if (!svc)
+	/* Source ranges need the client's address: the tc programs judge those packets. */
+	if (!svc || svc->flags & LB_F_SOURCE_RANGES)
 		return 1;
-	backend = lb_select(&addr, port, proto, svc, bpf_get_netns_cookie(ctx), &backend_id);
+	backend = lb_select(&addr, port, proto, svc, bpf_get_netns_cookie(ctx),
+			    (__u32)bpf_get_socket_cookie(ctx), &backend_id);
 	if (!backend) {
 		/* No endpoints: fail at once instead of letting the client time out. */
 		bpf_set_retval(-ECONNREFUSED);

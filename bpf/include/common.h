@@ -13,9 +13,16 @@
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
+#define IPPROTO_ICMPV6 58
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+static __always_inline bool sl_addr_eq(const union sl_addr *a, const union sl_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
+}
+
 #endif
 
 /* Addresses are stored as 16 bytes in every map; IPv4 is IPv4-mapped
@@ -39,6 +46,12 @@ static __always_inline void sl_addr_from_v4(union sl_addr *a, __be32 v4)
 	a->w[1] = 0;
 	a->w[2] = bpf_htonl(0x0000ffff);
 	a->w[3] = v4;
+}
+
+static __always_inline bool sl_addr_eq(const union sl_addr *a, const union sl_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
 }
 
 #endif

@@ -18,7 +18,7 @@ enum route_kind {
 
 struct route_entry {
 	__u32 kind;    /* enum route_kind */
-	__u32 ifindex; /* tunnel device (ROUTE_REMOTE_TUNNEL) */
+	__u32 ifindex; /* the tunnel device (both remote kinds: service traffic uses it) */
 	union sl_addr next_hop; /* the remote node's underlay address */
 	__u64 hits;    /* packets routed by this entry */
 };
@@ -31,8 +31,10 @@ struct {
 	__uint(max_entries, 16384);
 } routes SEC(".maps");
 
-/* Set at load: the VXLAN network identifier of the overlay. */
+/* Set at load: the VXLAN network identifiers of the overlay, and of service traffic
+ * forwarded for an outside client (its replies must come back through this node). */
 const volatile __u32 tunnel_vni = 1;
+const volatile __u32 service_vni = 2;
 
 enum deliver_result {
 	DELIVER_PASS = 0,    /* not ours: let the host stack have it */
@@ -66,21 +68,37 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
-static __always_inline int deliver_tunnel(struct __sk_buff *skb, struct route_entry *route)
+static __always_inline int deliver_tunnel(struct __sk_buff *skb, __u32 ifindex,
+					  const union sl_addr *next_hop, __u32 vni)
 {
-	struct bpf_tunnel_key key = { .tunnel_id = tunnel_vni, .tunnel_ttl = 64 };
+	struct bpf_tunnel_key key = { .tunnel_id = vni, .tunnel_ttl = 64 };
 	__u64 flags = 0;
 
-	if (route->next_hop.w[0] == 0 && route->next_hop.w[1] == 0 &&
-	    route->next_hop.w[2] == bpf_htonl(0x0000ffff)) {
-		key.remote_ipv4 = bpf_ntohl(route->next_hop.w[3]);
+	if (next_hop->w[0] == 0 && next_hop->w[1] == 0 &&
+	    next_hop->w[2] == bpf_htonl(0x0000ffff)) {
+		key.remote_ipv4 = bpf_ntohl(next_hop->w[3]);
 	} else {
-		__builtin_memcpy(key.remote_ipv6, route->next_hop.w, 16);
+		__builtin_memcpy(key.remote_ipv6, next_hop->w, 16);
 		flags = BPF_F_TUNINFO_IPV6;
 	}
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect(route->ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
+
+/* The node a packet came from through the tunnel, when it came with VNI. */
+static __always_inline bool tunnel_source(struct __sk_buff *skb, __u32 vni, union sl_addr *peer)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0) {
+		sl_addr_from_v4(peer, bpf_htonl(key.remote_ipv4));
+	} else if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) == 0) {
+		__builtin_memcpy(peer->w, key.remote_ipv6, 16);
+	} else {
+		return false;
+	}
+	return key.tunnel_id == vni;
 }
 
 static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packet *pkt)
@@ -113,25 +131,32 @@ static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packe
 	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 }
 
-/* Where does a packet for pkt->daddr go? Local pods first, then the route table. */
-static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt,
-					     enum hook_side side)
+static __always_inline struct route_entry *route_lookup(const union sl_addr *addr)
 {
-	struct sl_lpm_key key = { .prefixlen = 128, .addr = pkt->daddr };
+	struct sl_lpm_key key = { .prefixlen = 128, .addr = *addr };
+
+	return bpf_map_lookup_elem(&routes, &key);
+}
+
+/* Where does a packet for pkt->daddr go? Local pods first, then the route table; an
+ * address outside both is the host's business (OUTSIDE_VIA_FIB: forward it ourselves). */
+static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt,
+					     enum hook_side side, bool outside_via_fib)
+{
 	struct endpoint_info *ep = endpoint_lookup(&pkt->daddr);
 	struct route_entry *route;
 
 	if (ep)
 		return deliver_local(skb, ep, side);
 
-	route = bpf_map_lookup_elem(&routes, &key);
+	route = route_lookup(&pkt->daddr);
 	if (!route)
-		return TC_ACT_OK;
+		return outside_via_fib ? deliver_native(skb, pkt) : TC_ACT_OK;
 	__sync_fetch_and_add(&route->hits, 1);
 
 	switch (route->kind) {
 	case ROUTE_REMOTE_TUNNEL:
-		return deliver_tunnel(skb, route);
+		return deliver_tunnel(skb, route->ifindex, &route->next_hop, tunnel_vni);
 	case ROUTE_REMOTE_NATIVE:
 		return deliver_native(skb, pkt);
 	case ROUTE_LOCAL_PODS:

@@ -1,6 +1,6 @@
 """A C struct change not mirrored in Python must fail loudly, never corrupt a map.
 
-Each case rebuilds the real prefilter source with one edit to its header, using the
+Each case rebuilds the real prefilter (or node) source with one edit to a header, using the
 project's Makefile, then opens the result with the unchanged Python layouts.
 """
 
@@ -9,9 +9,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sluice.datapath import conntrack as ct
+from sluice.datapath import endpoints as ep
+from sluice.datapath import lb
+from sluice.datapath import routing as rt
 from sluice.datapath.prefilter import MAP_NAME, PrefilterEntry, PrefilterKey
 from sluice.loader import BpfObject, LayoutMismatchError
 
@@ -40,10 +45,25 @@ DRIFTS = {
 }
 
 
-def build_variant(tmp_path: Path, old: str, new: str) -> Path:
+# Every map of node.c that Python writes, with the layouts it writes it through.
+NODE_LAYOUTS: dict[str, tuple[type[Any], type[Any]]] = {
+    ct.MAP_NAME: (ct.CtKey, ct.CtEntry),
+    lb.SERVICES_MAP: (lb.LbKey, lb.LbValue),
+    lb.BACKENDS_MAP: (lb.BackendId, lb.LbBackend),
+    lb.MAGLEV_MAP: (lb.LbMaglevKey, lb.MaglevSlot),
+    lb.SOURCE_RANGES_MAP: (lb.LbSourceKey, lb.SourceAllowed),
+    ep.MAP_NAME: (ep.EndpointKey, ep.EndpointInfo),
+    rt.MAP_NAME: (rt.RouteKey, rt.RouteEntry),
+}
+
+CT_ENTRY_FLAGS = "__u8 kind;  /* enum ct_kind */\n\t__u8 flags; /* enum ct_flags */"
+
+
+def build_variant(tmp_path: Path, old: str, new: str, obj: str = "prefilter") -> Path:
     src = tmp_path / "bpf"
     shutil.copytree(BPF_DIR, src, ignore=shutil.ignore_patterns("build"))
-    for header in (src / "include" / "prefilter.h", src / "include" / "common.h"):
+    for header in (src / "include" / "prefilter.h", src / "include" / "common.h",
+                   src / "include" / "conntrack.h"):
         text = header.read_text()
         if old in text:
             header.write_text(text.replace(old, new))
@@ -53,7 +73,7 @@ def build_variant(tmp_path: Path, old: str, new: str) -> Path:
     out = tmp_path / "obj"
     subprocess.run(["make", "-s", "-C", str(src), f"OUT={out}", f"BUILD={BPF_DIR / 'build'}"],
                    check=True, capture_output=True)
-    return out / "prefilter.bpf.o"
+    return out / f"{obj}.bpf.o"
 
 
 def test_unchanged_source_matches(tmp_path: Path) -> None:
@@ -73,3 +93,21 @@ def test_drift_is_refused_before_any_map_access(tmp_path: Path, case: str) -> No
         obj.load()
         with pytest.raises(LayoutMismatchError):
             obj.map(MAP_NAME, PrefilterKey, PrefilterEntry)
+
+
+@pytest.mark.parametrize("name", NODE_LAYOUTS)
+def test_node_layouts_match_the_built_object(name: str) -> None:
+    with BpfObject.open("node") as obj:
+        obj.verify_map_layout(name, *NODE_LAYOUTS[name])
+
+
+def test_conntrack_drift_is_refused(tmp_path: Path) -> None:
+    obj_path = build_variant(tmp_path, CT_ENTRY_FLAGS,
+                             "__u8 flags;\n\t__u8 kind;", obj="node")
+    with BpfObject(obj_path) as obj:
+        with pytest.raises(LayoutMismatchError) as raised:
+            obj.verify_map_layout(ct.MAP_NAME, ct.CtKey, ct.CtEntry)
+        assert "'nat_port', 'flags', 'kind'" in str(raised.value)
+        obj.load()
+        with pytest.raises(LayoutMismatchError):
+            obj.map(ct.MAP_NAME, ct.CtKey, ct.CtEntry)

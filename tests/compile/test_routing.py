@@ -96,12 +96,13 @@ def test_bpf_state_has_an_entry_per_pod_address_and_a_route_per_pod_cidr() -> No
     assert state.routes[NET("198.18.16.0/24")] == RouteSpec(RouteKind.LOCAL_PODS)
     tunnel = state.routes[NET("fd00:10:2::/64")]
     assert tunnel == RouteSpec(RouteKind.REMOTE_TUNNEL, IP("198.18.0.12")) and tunnel.via_tunnel
-    assert (state.network_device, state.host_device) == (TUNNEL_DEVICE, HOST_DEVICE)
+    assert state.network_devices == frozenset({TUNNEL_DEVICE, "eth0"})
+    assert state.host_device == HOST_DEVICE
 
 
-def test_bpf_state_in_native_mode_listens_on_the_uplink() -> None:
+def test_bpf_state_in_native_mode_listens_on_the_uplink_and_the_service_tunnel() -> None:
     state = bpf_state(node_view(CLUSTER, "n1"), local_endpoints([]), NATIVE, "eth0")
-    assert state.network_device == "eth0"
+    assert state.network_devices == frozenset({"eth0", TUNNEL_DEVICE})
     assert state.routes[NET("198.18.17.0/24")] == RouteSpec(RouteKind.REMOTE_NATIVE,
                                                              IP("198.18.0.12"))
 
@@ -114,7 +115,7 @@ def test_kernel_state_bpf_mode_routes_pod_cidrs_to_the_host_device_without_per_p
         "198.18.16.0/24", "fd00:10:1::/64", "198.18.17.0/24", "fd00:10:2::/64"))
     assert vxlan.neighbors == frozenset() and vxlan.forwarding == frozenset()
     native = kernel_state(node_view(CLUSTER, "n1"), pods, NATIVE, Dataplane.BPF, "eth0")
-    assert [d.kind for d in native.devices] == [DeviceKind.DUMMY]
+    assert [d.kind for d in native.devices] == [DeviceKind.DUMMY, DeviceKind.VXLAN_METADATA]
     assert KernelRoute(NET("fd00:10:2::/64"), "eth0", IP("fd00:ff::12")) in native.routes
 
 

@@ -1,8 +1,8 @@
 """Labs for tests: the `sluice lab` CLI run as a user runs it, with unique names and a
 `down` that always runs, also when the test fails.
 
-`Lab` wraps the CLI (subprocesses of the venv's `sluice`); `probe_fast` calls the same
-probe code in this process, for tests that probe dozens of pairs.
+`Lab` wraps the CLI (subprocesses of the venv's `sluice`); `probe_fast` and `probe_many`
+call the same probe code from this process, for tests that probe dozens of pairs.
 """
 
 from __future__ import annotations
@@ -103,12 +103,23 @@ class Lab:
     def probe_fast(self, source: str, destination: str, port: int, *, protocol: str = "TCP",
                    family: int | None = None, timeout: float = 1.0,
                    state: LabState | None = None) -> tuple[str, Outcome]:
-        """(address probed, outcome), probed in this process like `lab probe` does."""
+        """(address probed, outcome), probed from this process like `lab probe` does (a
+        forked child in the source's cgroup and namespace)."""
+        address, outcomes = self.probe_many(source, destination, port, 1, protocol=protocol,
+                                            family=family, timeout=timeout, state=state)
+        return address, outcomes[0]
+
+    def probe_many(self, source: str, destination: str, port: int, count: int, *,
+                   protocol: str = "TCP", family: int | None = None, timeout: float = 1.0,
+                   source_port: int | None = None, state: LabState | None = None
+                   ) -> tuple[str, list[Outcome]]:
+        """(address probed, COUNT outcomes), like `lab probe --count COUNT`."""
         state = state or self.state()
         place = resolve_place(state, source)
-        target = resolve_destination(state, destination, family)
-        return target.address, Probe(place.netns, target.address, port, protocol,
-                                     timeout).run()
+        target = resolve_destination(state, destination, family, port, protocol)
+        probe = Probe(place.netns, target.address, target.port, protocol, timeout,
+                      cgroup=place.cgroup, source_port=source_port)
+        return target.address, probe.repeat(count)
 
     def nsexec(self, netns_name: str, *argv: str) -> subprocess.CompletedProcess[str]:
         return ok(subprocess.run(["nsenter", f"--net=/run/netns/{netns_name}", "--", *argv],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from sluice.compile.lbstate import LbOptions
 from sluice.compile.topology import Dataplane, RoutingMode
 
 DEFAULT_CNI_STATE_DIR = "/run/sluice/cni"
@@ -38,6 +39,9 @@ class AgentConfig:
     listen: tuple[str, int] = ("127.0.0.1", 9962)
     uplink: str | None = None  # None -> the device holding the node's InternalIP
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
+    lb: LbOptions = field(default_factory=LbOptions)
+    cgroup: str | None = None  # cgroup v2 directory whose sockets get connect-time LB
+    allow_root_cgroup: bool = False
 
     @property
     def pins(self) -> str:

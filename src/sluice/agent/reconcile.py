@@ -13,18 +13,24 @@ from sluice.agent.config import AgentConfig
 from sluice.agent.records import live_records
 from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
 from sluice.apply.bpfmaps import sync_endpoints, sync_routes
-from sluice.apply.diff import ChangeLog
+from sluice.apply.cgrouplinks import sync_cgroup_links
+from sluice.apply.diff import ChangeLog, Changes
+from sluice.apply.errors import ApplyError
 from sluice.apply.kernel import apply_kernel_state
+from sluice.apply.lbmaps import sync_lb
 from sluice.apply.links import device_holding, ifindexes, read_links
 from sluice.apply.nodeobject import NodeObject
+from sluice.apply.servicerules import remove_service_rules, sync_service_rules
 from sluice.cni.registry import list_records
 from sluice.compile.bpfstate import BpfState, bpf_state
-from sluice.compile.devices import TUNNEL_DEVICE, TUNNEL_VNI
+from sluice.compile.devices import SERVICE_VNI, TUNNEL_DEVICE, TUNNEL_VNI
 from sluice.compile.endpoints import LocalEndpoints, local_endpoints
 from sluice.compile.kernelstate import KernelState, kernel_state
+from sluice.compile.lbstate import lb_state
+from sluice.compile.services import service_table
 from sluice.compile.topology import Dataplane, NodeView, RoutingMode, node_view
 from sluice.datapath.routing import RouteKind
-from sluice.datastore import Datastore
+from sluice.datastore import ClusterState, Datastore
 from sluice.model.addresses import IPNetwork
 
 log = logging.getLogger("sluice.agent")
@@ -69,6 +75,7 @@ class Reconciler:
     config: AgentConfig
     datastore: Datastore
     node_object: NodeObject | None = field(default=None, init=False)
+    service_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _services
 
     def close(self) -> None:
         if self.node_object is not None:
@@ -101,19 +108,46 @@ class Reconciler:
             changes["endpoints"] = sync_endpoints(node_object.endpoints, bpf.endpoints)
             changes["routes"] = sync_routes(node_object.routes, bpf.routes,
                                             synced.ifindexes.get(TUNNEL_DEVICE))
+            lbs = lb_state(service_table(state, self.config.node), self.config.lb)
+            problems += lbs.problems
+            changes.kinds.update(sync_lb(node_object.lb, lbs).kinds)
             links = sync_links(self.config.pins, node_object.programs, desired_attachments(bpf),
                                synced.ifindexes)
             changes["links"] = links.changes
             problems += links.problems
             attached = tuple(links.attached)
+            changes["socket hooks"] = sync_cgroup_links(
+                self.config.pins, node_object.sock_programs, self.config.cgroup,
+                allow_root=self.config.allow_root_cgroup)
         elif os.path.isdir(links_dir(self.config.pins)):
             # Left by an earlier bpf-mode agent: its programs would still steer pod
             # traffic around the host stack this mode relies on.
             changes["links"] = sync_links(self.config.pins, {}, frozenset(),
                                           synced.ifindexes).changes
+            changes["socket hooks"] = sync_cgroup_links(self.config.pins, {}, None)
+        problems += self._services(state, changes)
         desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached)
         return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
                                 time.monotonic() - started)
+
+    def _services(self, state: ClusterState, changes: ChangeLog) -> list[str]:
+        """iptables mode: the node's Services as kube-proxy-shaped NAT rules. bpf mode:
+        remove, once, the rules an iptables-mode agent left (they would NAT service
+        traffic before the datapath sees it); returns problems."""
+        if self.config.dataplane is not Dataplane.BPF:
+            table = service_table(state, self.config.node)
+            changes["services"] = sync_service_rules(table)
+            return list(table.problems)
+        if self.service_rules_cleared:
+            return []
+        try:
+            removed = remove_service_rules()
+        except ApplyError as err:
+            return [f"stale iptables service rules could not be removed: {err}"]
+        self.service_rules_cleared = True
+        if removed:
+            changes["iptables services"] = Changes(removed=removed)
+        return []
 
     def _uplink(self, ipr: IPRoute, view: NodeView, devices: dict[str, int]) -> str:
         if self.config.uplink is not None:
@@ -130,7 +164,9 @@ class Reconciler:
 
     def _node_object(self) -> NodeObject:
         if self.node_object is None:
-            self.node_object = NodeObject.load(self.config.pins, tunnel_vni=TUNNEL_VNI)
+            self.node_object = NodeObject.load(
+                self.config.pins, tunnel_vni=TUNNEL_VNI, service_vni=SERVICE_VNI,
+                maglev_table_size=self.config.lb.maglev_table_size)
             log.info("loaded the node datapath; maps pinned in %s", self.config.pins)
         return self.node_object
 

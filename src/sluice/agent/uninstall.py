@@ -2,8 +2,9 @@
 
 Detaches and unpins the node's links, unpins its maps and removes the pin directory, and
 deletes Sluice's kernel routes, devices (sl-host, sl-vxlan) and its permanent neighbours
-on the pods' host veths. The pods' veths and the CNI records belong to sluice-cni and are
-left alone; so are sysctls.
+on the pods' host veths, and the iptables-mode service rules (every SLUICE-* chain of the
+nat and filter tables, IPv4 and IPv6, and the jumps into them). The pods' veths and the
+CNI records belong to sluice-cni and are left alone; so are sysctls.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pyroute2 import IPRoute
 
 from sluice.agent.config import AgentConfig
 from sluice.apply.attachments import links_dir, remove_links
+from sluice.apply.cgrouplinks import cgroup_links_dir, remove_cgroup_links
 from sluice.apply.kernel import remove_kernel_state
 from sluice.apply.nodeobject import remove_maps
+from sluice.apply.servicerules import remove_service_rules
 from sluice.cni.registry import list_records
 
 
@@ -26,8 +29,9 @@ def uninstall(config: AgentConfig) -> list[str]:
     pins = config.pins
     if os.path.isdir(pins):
         report.append(f"links: {remove_links(pins)} detached and unpinned")
+        report.append(f"socket hooks: {remove_cgroup_links(pins)} detached and unpinned")
         report.append(f"maps: {remove_maps(pins)} unpinned")
-        for directory in (links_dir(pins), pins):
+        for directory in (links_dir(pins), cgroup_links_dir(pins), pins):
             with contextlib.suppress(FileNotFoundError):
                 try:
                     os.rmdir(directory)
@@ -39,4 +43,5 @@ def uninstall(config: AgentConfig) -> list[str]:
     with IPRoute() as ipr:
         log = remove_kernel_state(ipr, devices)
     report.append(f"kernel: {log.summary()}")
+    report.append(f"service rules: {remove_service_rules()} iptables chains and jumps removed")
     return report

@@ -57,7 +57,7 @@ class Attachment:
 
 def desired_attachments(state: BpfState) -> frozenset[Attachment]:
     wanted = {Attachment("from_endpoint", ifname) for ifname in state.endpoint_devices}
-    wanted.add(Attachment("from_network", state.network_device))
+    wanted |= {Attachment("from_network", ifname) for ifname in state.network_devices}
     wanted.add(Attachment("from_host", state.host_device))
     return frozenset(wanted)
 
@@ -126,7 +126,7 @@ def _sync_pinned(path: str, attachment: Attachment, *, programs: Mapping[str, Pr
                 changes.unchanged += 1
             return True
         if live:
-            _detach(link)
+            detach_quietly(link)
         os.unlink(path)
         changes.removed += 1
         return False
@@ -134,7 +134,8 @@ def _sync_pinned(path: str, attachment: Attachment, *, programs: Mapping[str, Pr
         link.close()
 
 
-def _detach(link: Link) -> None:
+def detach_quietly(link: Link) -> None:
+    """Detach LINK; a link whose hook is already gone is not an error."""
     try:
         link.detach()
     except LibbpfError as err:
@@ -165,7 +166,7 @@ def remove_links(pin_dir: str) -> int:
         link = Link.from_pin(path)
         try:
             if link.info().ifindex:
-                _detach(link)
+                detach_quietly(link)
         finally:
             link.close()
         os.unlink(path)

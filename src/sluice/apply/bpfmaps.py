@@ -29,10 +29,9 @@ def endpoint_entry(spec: EndpointSpec) -> EndpointInfo:
 
 def route_entry(cidr: IPNetwork, spec: RouteSpec, tunnel_ifindex: int | None) -> RouteEntry:
     ifindex = 0
-    if spec.via_tunnel:
-        if not tunnel_ifindex:
-            raise ApplyError(f"route {cidr} goes through the tunnel, but there is no tunnel "
-                             "device")
+    if spec.via_tunnel and not tunnel_ifindex:
+        raise ApplyError(f"route {cidr} goes through the tunnel, but there is no tunnel device")
+    if spec.remote and tunnel_ifindex:
         ifindex = tunnel_ifindex
     return RouteEntry.of(spec.kind, ifindex=ifindex, next_hop=spec.next_hop)
 

@@ -1,8 +1,10 @@
-"""bpf mode: the node datapath object, loaded once per agent process, maps pinned.
+"""bpf mode: the node datapath objects, loaded once per agent process, maps pinned.
 
-The `endpoints` and `routes` maps live at `<pin_dir>/<map>`: a restarted agent's load
-adopts them (libbpf reuses a compatible pinned map), so their entries, and the programs
-still attached through pinned links, keep serving traffic across the restart.
+Two objects: `node` (the tc programs) and `sock` (the cgroup socket hooks). Both pin
+their maps by name at `<pin_dir>/<map>`, so they share the load balancer maps, and a
+restarted agent's load adopts them (libbpf reuses a compatible pinned map): entries,
+conntrack and the programs still attached through pinned links keep serving traffic
+across the restart.
 """
 
 from __future__ import annotations
@@ -12,17 +14,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.apply.errors import ApplyError
+from sluice.apply.lbmaps import LbMaps
 from sluice.bpffs import is_bpffs
+from sluice.compile.devices import SERVICE_VNI, TUNNEL_VNI
+from sluice.compile.maglev import DEFAULT_TABLE_SIZE
 from sluice.datapath import endpoints as ep
+from sluice.datapath import lb
 from sluice.datapath import routing as rt
 from sluice.loader import BpfObject, LayoutMismatchError, LibbpfError, Map, Program
 from sluice.loader.objects import VerifierError
 
 OBJECT_NAME = "node"
+SOCK_OBJECT_NAME = "sock"
 PINNED_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
     (ep.MAP_NAME, ep.EndpointKey, ep.EndpointInfo),
     (rt.MAP_NAME, rt.RouteKey, rt.RouteEntry),
+    (lb.SERVICES_MAP, lb.LbKey, lb.LbValue),
+    (lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend),
+    (lb.MAGLEV_MAP, lb.LbMaglevKey, lb.MaglevSlot),
+    (lb.SOURCE_RANGES_MAP, lb.LbSourceKey, lb.SourceAllowed),
 )
+# Maps without a Python layout: pinned, shared and removed, never read by the agent.
+OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP)
 REMOVE_HINT = "remove this node's pins with `sluice agent --node NODE --uninstall` first"
 
 
@@ -32,34 +45,61 @@ class NodeObject:
     pin_dir: str
     endpoints: Map[ep.EndpointKey, ep.EndpointInfo]
     routes: Map[rt.RouteKey, rt.RouteEntry]
-    programs: dict[str, Program]
+    lb: LbMaps
+    programs: dict[str, Program]  # tc programs
+    sock_obj: BpfObject
+    sock_programs: dict[str, Program]  # cgroup socket hooks
 
     @classmethod
-    def load(cls, pin_dir: str, *, tunnel_vni: int) -> NodeObject:
+    def load(cls, pin_dir: str, *, tunnel_vni: int = TUNNEL_VNI,
+             service_vni: int = SERVICE_VNI,
+             maglev_table_size: int = DEFAULT_TABLE_SIZE) -> NodeObject:
         prepare_pin_dir(pin_dir)
         verify_pinned_maps(pin_dir)
-        obj = BpfObject.open(OBJECT_NAME, pin_dir=pin_dir)
+        obj = _load(OBJECT_NAME, pin_dir, tunnel_vni=tunnel_vni, service_vni=service_vni,
+                    maglev_table_size=maglev_table_size)
         try:
-            obj.set_rodata(tunnel_vni=tunnel_vni)
-            try:
-                obj.load()
-            except VerifierError:
-                raise
-            except LibbpfError as err:
-                raise ApplyError(f"loading the node datapath with the maps pinned in {pin_dir} "
-                                 f"failed ({err}); if those maps were made by another "
-                                 f"version, {REMOVE_HINT}") from err
+            sock = _load(SOCK_OBJECT_NAME, pin_dir, maglev_table_size=maglev_table_size)
+        except BaseException:
+            obj.close()
+            raise
+        try:
+            maps = LbMaps(obj.map(lb.SERVICES_MAP, lb.LbKey, lb.LbValue),
+                          obj.map(lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend),
+                          obj.map(lb.MAGLEV_MAP, lb.LbMaglevKey, lb.MaglevSlot),
+                          obj.map(lb.SOURCE_RANGES_MAP, lb.LbSourceKey, lb.SourceAllowed))
             return cls(obj, pin_dir,
                        obj.map(ep.MAP_NAME, ep.EndpointKey, ep.EndpointInfo),
                        obj.map(rt.MAP_NAME, rt.RouteKey, rt.RouteEntry),
-                       {p.name: p for p in obj.programs()})
+                       maps, {p.name: p for p in obj.programs()},
+                       sock, {p.name: p for p in sock.programs()})
         except BaseException:
+            sock.close()
             obj.close()
             raise
 
     def close(self) -> None:
         """Drop the process's handles; pinned maps and links stay in the kernel."""
+        self.sock_obj.close()
         self.obj.close()
+
+
+def _load(name: str, pin_dir: str, **rodata: int) -> BpfObject:
+    obj = BpfObject.open(name, pin_dir=pin_dir)
+    try:
+        obj.set_rodata(**rodata)
+        try:
+            obj.load()
+        except VerifierError:
+            raise
+        except LibbpfError as err:
+            raise ApplyError(f"loading the {name} datapath with the maps pinned in {pin_dir} "
+                             f"failed ({err}); if those maps were made by another "
+                             f"version, {REMOVE_HINT}") from err
+        return obj
+    except BaseException:
+        obj.close()
+        raise
 
 
 def prepare_pin_dir(pin_dir: str) -> None:
@@ -85,7 +125,7 @@ def verify_pinned_maps(pin_dir: str) -> None:
 def remove_maps(pin_dir: str) -> int:
     """Unpin the node maps (uninstall); the kernel frees each once nothing uses it."""
     removed = 0
-    for name, _, _ in PINNED_MAPS:
+    for name in [m[0] for m in PINNED_MAPS] + list(OPAQUE_MAPS):
         path = os.path.join(pin_dir, name)
         if os.path.exists(path):
             os.unlink(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sluice import netns
@@ -17,6 +18,8 @@ from sluice.agent.config import (
 )
 from sluice.agent.runner import StartupError, run_agent
 from sluice.agent.uninstall import uninstall
+from sluice.compile.lbstate import ExternalMode, LbAlgorithm, LbOptions
+from sluice.compile.maglev import DEFAULT_TABLE_SIZE, validate_table_size
 from sluice.compile.topology import Dataplane, RoutingMode
 
 DESCRIPTION = """\
@@ -27,7 +30,8 @@ from the endpoint records of sluice-cni, computes the node's dataplane and write
                  device or uplink, and on sl-host (tcx egress); the endpoints and routes
                  maps; sl-host (+ sl-vxlan in vxlan routing) and routes of pod CIDRs to it
   iptables mode  kernel routes and permanent neighbours per pod; a VXLAN device with one
-                 forwarding entry per peer (vxlan) or routes via the peers (native)
+                 forwarding entry per peer (vxlan) or routes via the peers (native);
+                 Services as kube-proxy-shaped NAT rules (SLUICE-* chains)
 
 It reconciles on datastore changes, on CNI notifications (<cni-state-dir>/agent.sock) and
 every --resync-interval. Maps and links are pinned under --pin-dir: they keep forwarding
@@ -39,7 +43,7 @@ examples:
   sluice agent --node n1 --datastore file:///etc/sluice/cluster --allow-host-netns  # a real node
   sluice agent --node n1 --datastore file:///lab/ds --netns lab-n1 --routing native \\
       --pin-dir /sys/fs/bpf/sluice-lab/n1 --cni-state-dir /run/sluice/lab/n1
-  sluice agent --node n1 --netns lab-n1 --uninstall    # remove pins, devices, routes"""
+  sluice agent --node n1 --netns lab-n1 --uninstall    # remove pins, devices, routes, rules"""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +80,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL,
                         metavar="SECONDS",
                         help="reconcile at least this often (default: %(default)s)")
+    parser.add_argument("--cgroup", metavar="DIR",
+                        help="bpf mode: a cgroup v2 directory whose processes (pods, host "
+                             "clients) get connect-time service load balancing from socket "
+                             "hooks; without it services are translated per packet only. The "
+                             "cgroup root needs --allow-host-netns")
+    parser.add_argument("--lb-algorithm", choices=[a.value for a in LbAlgorithm],
+                        default=LbAlgorithm.RANDOM.value,
+                        help="how new flows pick a backend (default: %(default)s); per "
+                             "service: annotation sluice.io/lb-algorithm")
+    parser.add_argument("--maglev-table-size", type=int, default=DEFAULT_TABLE_SIZE,
+                        metavar="PRIME",
+                        help="slots per Maglev table, a prime (default: %(default)s)")
+    parser.add_argument("--external-lb-mode", choices=[m.value for m in ExternalMode],
+                        default=ExternalMode.TUNNEL.value,
+                        help="how a backend on another node answers an outside client: "
+                             "'tunnel' returns replies through the node the client reached, "
+                             "'dsr' answers directly (default: %(default)s); per service: "
+                             "annotation sluice.io/lb-mode")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info", help="(default: %(default)s)")
     parser.add_argument("--allow-host-netns", action="store_true",
@@ -84,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "the host")
     parser.add_argument("--uninstall", action="store_true",
                         help="remove this node's pinned links and maps, Sluice's devices, "
-                             "routes and neighbours, then exit")
+                             "routes, neighbours and iptables rules, then exit")
     parser.set_defaults(handler=run)
 
 
@@ -104,13 +126,19 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--resync-interval must be positive", 2)
     try:
         listen = parse_listen(args.listen)
+        table_size = validate_table_size(args.maglev_table_size)
     except ValueError as err:
         return _fail(str(err), 2)
+    if args.cgroup is not None and not os.path.isdir(args.cgroup):
+        return _fail(f"--cgroup {args.cgroup}: no such cgroup directory", 2)
+    lb = LbOptions(LbAlgorithm(args.lb_algorithm), table_size,
+                   ExternalMode(args.external_lb_mode))
     config = AgentConfig(
         node=args.node, datastore_url=args.datastore or "",
         dataplane=Dataplane(args.dataplane), routing=RoutingMode(args.routing),
         netns=args.netns, cni_state_dir=args.cni_state_dir, pin_dir=args.pin_dir or "",
-        listen=listen, uplink=args.uplink, resync_interval=args.resync_interval)
+        listen=listen, uplink=args.uplink, resync_interval=args.resync_interval, lb=lb,
+        cgroup=args.cgroup, allow_root_cgroup=args.allow_host_netns)
     if config.netns is not None:
         # Before anything starts a thread: every later thread inherits the namespace.
         try:

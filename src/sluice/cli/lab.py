@@ -13,7 +13,7 @@ from sluice.lab.errors import LabError
 from sluice.lab.interrupts import Terminated
 from sluice.lab.manifests import apply_resources, delete_resources
 from sluice.lab.plan import DATAPLANES, IP_FAMILIES, MAX_NODES, ROUTINGS, LabOptions
-from sluice.lab.probe import DEFAULT_TIMEOUT, PROTOCOLS, Probe, report
+from sluice.lab.probe import DEFAULT_TIMEOUT, MAX_COUNT, PROTOCOLS, Probe, report, report_many
 from sluice.lab.state import load_ready, locked
 from sluice.lab.targets import resolve_destination, resolve_place
 from sluice.model import Resource, manifest_files, parse_file
@@ -30,17 +30,23 @@ Layout of lab NAME:
               sl-NAME-p-<hash> per pod
   addresses   underlay 198.18.0.0/24 + fd00:ff::/64: node i .10+i, external .250;
               pods of node i 198.18.(16+i).0/24 + fd00:10:i::/64;
-              service clusterIPs 198.19.0.0/16 + fd00:96::/108
+              service clusterIPs 198.19.0.0/16 + fd00:96::/108;
+              LoadBalancer IPs 198.18.200.0/24 + fd00:97::/112 (external routes
+              them via node1)
   state       /run/sluice/labs/NAME/ (state.json, datastore/, nodes/<node>/agent.log,
               nodes/<node>/cni/, pods/<ns>_<pod>.log)
   pins        /sys/fs/bpf/sluice-lab-NAME/<node>/
-  cgroups     <cgroup2>/sluice-lab-NAME/<node>/[pods/<ns>_<pod>]"""
+  cgroups     <cgroup2>/sluice-lab-NAME/<node>/ (agent), .../<node>/host/ (probes and
+              exec on the node), .../<node>/pods/<ns>_<pod>/ (pod server, probes, exec),
+              <cgroup2>/sluice-lab-NAME/{external,underlay}/"""
 
 EPILOG = """\
 examples:
   sluice lab up -f examples/lab-demo.yaml
   sluice lab get pods
   sluice lab probe demo/client demo/web-1 8080 --protocol UDP -o json
+  sluice lab probe demo/client svc/demo/web 80 --count 20
+  sluice lab probe external nodeport/node2/demo/web 80 --family 6
   sluice lab exec node/node1 -- ip route
   sluice lab down"""
 
@@ -137,25 +143,48 @@ namespace). Objects that do not exist are an error (nothing changes) unless
 
     execute = _sub(lab, "exec", "run a command in a node, pod, external or underlay", """\
 Run COMMAND in TARGET's network namespace (NS/POD, node/NODE, external or underlay) and
-cgroup, with this terminal. Exits with the command's exit status.""", _exec)
+cgroup (the pod's, the node's host/, or the lab's external/ or underlay/), with this
+terminal. Exits with the command's exit status.""", _exec)
     execute.add_argument("target", metavar="TARGET")
     execute.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     probe = _sub(lab, "probe", "connect from one place to another and report who answered", """\
-One TCP connection (or UDP datagram) from FROM (NS/POD, node/NODE or external) to TO
-(NS/POD, svc/NS/NAME, node/NODE or an IP address) on PORT. Prints the result
-(connected, refused, timeout, error), the pod that answered (peer), the client address
-it saw (client_ip) and the latency. Exits 0 only when connected.""", _probe)
+One TCP connection (or UDP datagram) from FROM to TO on PORT, made by a process in FROM's
+network namespace and cgroup (a pod's, the node's host/ cgroup, the external one), so
+cgroup socket hooks see it as one of FROM's. Prints the result (connected, refused,
+timeout, error), the pod that answered (peer), the client address it saw (client_ip)
+and the latency. Exits 0 only when connected (with --count: every time).
+
+FROM:  NS/POD | node/NODE | external
+TO:    NS/POD                 the pod's IP
+       svc/NS/NAME            the Service's clusterIP
+       nodeport/NODE/NS/NAME  NODE's InternalIP, on the nodePort of the Service's port
+                              PORT (and --protocol); PORT is the service port
+       lb/NS/NAME             the Service's load balancer (status.loadBalancer.ingress) IP
+       node/NODE              the node's InternalIP
+       an IP address
+The address is of --family; without it, of the IP given, the Service's primary family
+(svc/, nodeport/), the first ingress IP (lb/), or the lab's first family.
+
+--count N makes N connections one after the other (a new socket and source port each,
+unless --source-port) and prints each, then a summary: how many had each result and
+which peers answered how often (-o json: "count", "results", "peers", "client_ips",
+"probes": [...]; "result" is connected only when all were, else the first other one).""",
+                 _probe)
     probe.add_argument("source", metavar="FROM")
     probe.add_argument("destination", metavar="TO")
     probe.add_argument("port", metavar="PORT", type=int)
+    probe.add_argument("--count", type=int, default=1, metavar="N",
+                       help="make N connections one after the other (default: 1)")
+    probe.add_argument("--source-port", type=int, metavar="PORT",
+                       help="bind the client socket to this local port (SO_REUSEADDR), "
+                            "e.g. to send the same flow to different nodes")
     probe.add_argument("--protocol", type=str.upper, choices=PROTOCOLS, default="TCP",
                        help="TCP (default) or UDP")
     probe.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"how long to wait for an answer (default: {DEFAULT_TIMEOUT:g})")
+                       help=f"how long to wait for each answer (default: {DEFAULT_TIMEOUT:g})")
     probe.add_argument("--family", type=int, choices=(4, 6),
-                       help="IP family of TO (default: that of an IP given, else TO's first "
-                            "address: the lab's first family, a Service's primary one)")
+                       help="IP family of TO (default: see above)")
     _output_arg(probe)
 
 
@@ -286,31 +315,56 @@ def _probe(args: argparse.Namespace) -> int:
             raise LabError(f"PORT must be 1-65535, got {args.port}")
         if args.timeout <= 0:
             raise LabError(f"--timeout must be positive, got {args.timeout:g}")
+        if not 1 <= args.count <= MAX_COUNT:
+            raise LabError(f"--count must be 1-{MAX_COUNT}, got {args.count}")
+        if args.source_port is not None and not 1 <= args.source_port <= 65535:
+            raise LabError(f"--source-port must be 1-65535, got {args.source_port}")
         state = load_ready(args.name)
         source = resolve_place(state, args.source)
-        target = resolve_destination(state, args.destination, args.family)
-        outcome = Probe(source.netns, target.address, args.port, args.protocol,
-                        args.timeout).run()
-        doc = report(outcome, **{"from": source.label, "to": target.label,
-                                 "address": target.address, "port": args.port,
-                                 "protocol": args.protocol, "family": target.family})
+        target = resolve_destination(state, args.destination, args.family, args.port,
+                                     args.protocol)
+        probe = Probe(source.netns, target.address, target.port, args.protocol,
+                      args.timeout, cgroup=source.cgroup, source_port=args.source_port)
+        context: dict[str, Any] = {"from": source.label, "to": target.label,
+                                   "address": target.address, "port": target.port}
+        if target.service_port is not None:
+            context["service_port"] = target.service_port
+        context.update(protocol=args.protocol, family=target.family)
+        if args.source_port is not None:
+            context["source_port"] = args.source_port
+        outcomes = probe.repeat(args.count)
+        if args.count == 1:
+            doc = report(outcomes[0], **context)
+            lines = [_probe_line(doc, doc)]
+        else:
+            doc = report_many(outcomes, **context)
+            lines = [_probe_line(doc, one) for one in doc["probes"]] + [_summary_line(doc)]
         if args.output == "json":
             print(json.dumps(doc, indent=2))
         else:
-            print(_probe_line(doc))
-        return 0 if outcome.result == "connected" else 1
+            print("\n".join(lines))
+        return 0 if doc["result"] == "connected" else 1
 
     return _guarded(args, body)
 
 
-def _probe_line(doc: dict[str, Any]) -> str:
+def _probe_line(doc: dict[str, Any], one: dict[str, Any]) -> str:
+    """One probe ONE (result, peer, client_ip, latency_ms, error) of the report DOC."""
     address = f"[{doc['address']}]" if doc["family"] == 6 else doc["address"]
-    line = f"{doc['result']:<9}  {doc['from']} -> {doc['to']} ({address}:{doc['port']}/" \
+    line = f"{one['result']:<9}  {doc['from']} -> {doc['to']} ({address}:{doc['port']}/" \
            f"{doc['protocol']})"
-    if doc["peer"]:
-        line += f"  peer={doc['peer']} client_ip={doc['client_ip']}"
-    if doc["latency_ms"] is not None:
-        line += f"  {doc['latency_ms']:.2f} ms"
-    if doc["error"]:
-        line += f"  ({doc['error']})"
+    if one["peer"]:
+        line += f"  peer={one['peer']} client_ip={one['client_ip']}"
+    if one["latency_ms"] is not None:
+        line += f"  {one['latency_ms']:.2f} ms"
+    if one["error"]:
+        line += f"  ({one['error']})"
     return line
+
+
+def _summary_line(doc: dict[str, Any]) -> str:
+    def listed(counts: dict[str, int]) -> str:
+        return " ".join(f"{key}={count}" for key, count in counts.items()) or "-"
+
+    return (f"{doc['count']} probes: {listed(doc['results'])}; "
+            f"peers: {listed(doc['peers'])}")

@@ -35,8 +35,13 @@ class RouteSpec:
 
     @property
     def via_tunnel(self) -> bool:
-        """Apply fills in the tunnel device's ifindex."""
+        """Pod traffic needs the tunnel device (apply fills in its ifindex)."""
         return self.kind is RouteKind.REMOTE_TUNNEL
+
+    @property
+    def remote(self) -> bool:
+        """Service traffic for outside clients goes through the tunnel on any remote route."""
+        return self.kind is not RouteKind.LOCAL_PODS
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class BpfState:
     endpoints: Mapping[IPAddress, EndpointSpec]
     routes: Mapping[IPNetwork, RouteSpec]
     endpoint_devices: frozenset[str]  # host veths: from_endpoint on tc ingress
-    network_device: str  # tunnel device or uplink: from_network on tc ingress
+    network_devices: frozenset[str]  # tunnel device and uplink: from_network on tc ingress
     host_device: str  # from_host on tc egress
     problems: tuple[str, ...] = ()
 
@@ -61,7 +66,9 @@ def bpf_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
         endpoints=entries,
         routes=routes,
         endpoint_devices=frozenset(e.host_ifname for e in endpoints.endpoints),
-        network_device=TUNNEL_DEVICE if mode is RoutingMode.VXLAN else uplink,
+        # The uplink takes node port traffic; the tunnel carries pod traffic in VXLAN mode
+        # and, in both modes, service traffic forwarded for outside clients.
+        network_devices=frozenset(d for d in (TUNNEL_DEVICE, uplink) if d),
         host_device=HOST_DEVICE,
         problems=endpoints.problems + cidr_routes.problems,
     )

@@ -7,6 +7,8 @@ import hashlib
 TUNNEL_DEVICE = "sl-vxlan"  # the VXLAN device of the overlay
 HOST_DEVICE = "sl-host"  # bpf mode: where the host's own packets to pod CIDRs are routed
 TUNNEL_VNI = 1
+# Service traffic another node forwards for an outside client: its replies go back there.
+SERVICE_VNI = 2
 TUNNEL_PORT = 4789
 
 

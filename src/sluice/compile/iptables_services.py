@@ -88,7 +88,9 @@ def service_rules(table: ServiceTable, version: int) -> ServiceRules:
         else:
             nat.append(f"-A {SERVICES} -d {_host(plan.frontend.address, version)} {frontend}")
         if not plan.backends:
-            reject = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
+            # A reset for TCP: a connecting IPv6 socket ignores a first port unreachable.
+            reject = ("tcp-reset" if plan.frontend.protocol == "TCP"
+                      else "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable")
             filter_rules.append(f"-A {FILTER_SERVICES} -d {_host(plan.frontend.address, version)} "
                                 f"{_comment(plan)} {_match(plan)} -j REJECT --reject-with {reject}")
             continue

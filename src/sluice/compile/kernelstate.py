@@ -71,7 +71,7 @@ def kernel_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
     cidr_routes = pod_cidr_routes(view, mode)
     problems = cidr_routes.problems
     if dataplane is Dataplane.BPF:
-        return _bpf_mode(cidr_routes.routes, mode, uplink, problems)
+        return _bpf_mode(cidr_routes.routes, uplink, problems)
     local_ip = view.local.internal_ip(view.underlay_version)
     if mode is RoutingMode.VXLAN and local_ip is None:
         problems += (f"node {view.name} has no InternalIP: no tunnel endpoint",)
@@ -85,11 +85,12 @@ def kernel_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
                        problems + endpoints.problems)
 
 
-def _bpf_mode(cidr_routes: tuple[PodCidrRoute, ...], mode: RoutingMode, uplink: str,
+def _bpf_mode(cidr_routes: tuple[PodCidrRoute, ...], uplink: str,
               problems: tuple[str, ...]) -> KernelState:
-    devices = [Device(HOST_DEVICE, DeviceKind.DUMMY)]
-    if mode is RoutingMode.VXLAN:
-        devices.append(Device(TUNNEL_DEVICE, DeviceKind.VXLAN_METADATA))
+    # The tunnel exists in native mode too: service traffic from outside clients crosses
+    # it to a remote backend, so the replies come back through the node the client chose.
+    devices = [Device(HOST_DEVICE, DeviceKind.DUMMY),
+               Device(TUNNEL_DEVICE, DeviceKind.VXLAN_METADATA)]
     routes = frozenset(
         # The FIB lookup of native routing and the host's own packets need the gateway.
         KernelRoute(r.cidr, uplink, r.next_hop) if r.place is PodCidrPlace.NATIVE

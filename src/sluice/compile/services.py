@@ -16,6 +16,7 @@ from sluice.model.fieldtypes import Protocol
 from sluice.model.service import ServicePort
 
 NODE_PORT_RANGE = range(30000, 32768)
+ANNOTATION_PREFIX = "sluice.io/"
 
 
 class FrontendScope(Enum):
@@ -50,6 +51,10 @@ class ServicePlan:
     local_only: bool = False  # traffic policy Local restricted the backends to this node
     affinity_timeout: int | None = None
     source_ranges: tuple[IPNetwork, ...] = ()  # LoadBalancer only; empty: everyone
+    annotations: tuple[tuple[str, str], ...] = ()  # the Service's sluice.io/ annotations
+
+    def annotation(self, name: str) -> str | None:
+        return dict(self.annotations).get(ANNOTATION_PREFIX + name)
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,10 @@ def _plan(service: Service, port: ServicePort, frontend: Frontend, scope: Fronte
     if scope is FrontendScope.LOAD_BALANCER:
         ranges = tuple(ip_network(r) for r in spec.load_balancer_source_ranges
                        if ip_network(r).version == frontend.address.version)
+    annotations = tuple(sorted((k, v) for k, v in service.metadata.annotations.items()
+                               if k.startswith(ANNOTATION_PREFIX)))
     return ServicePlan(f"{service.namespace}/{service.name}", port.name, frontend, scope,
-                       tuple(selected), local_only, spec.affinity_timeout, ranges)
+                       tuple(selected), local_only, spec.affinity_timeout, ranges, annotations)
 
 
 def node_port_allocation(services: tuple[Service, ...]) -> dict[tuple[str, str, int], int]:

@@ -14,9 +14,10 @@ underlay namespace with a bridge joins them. `sluice lab ...` drives it (see
     cni         running sluice-cni as a runtime does
     podserver   the pod server program; servers: starting it
     pods        a pod's sandbox, server and datastore record
-    objects     Nodes, pod status and Service clusterIPs for the datastore
+    objects     Nodes, pod status, Service clusterIPs and LoadBalancer IPs for the datastore
     manifests   lab apply / delete
     lifecycle   lab up; cleanup: lab down
-    targets     NS/POD, node/NODE, svc/NS/NAME ... on the command line
-    probe       lab probe; shell: lab exec; views: lab get
+    targets     NS/POD, node/NODE, svc/NS/NAME, nodeport/..., lb/... on the command line
+    probe       lab probe (a forked child in the source's cgroup and namespace);
+                shell: lab exec; views: lab get
 """

@@ -41,6 +41,9 @@ def agent_argv(state: LabState, node: NodePlan) -> list[str]:
         "--pin-dir", node.pin_dir,
         "--listen", AGENT_LISTEN,
         "--uplink", UPLINK,
+        # The node's cgroup holds the agent, its pods and its host probes: their sockets
+        # get connect-time load balancing.
+        "--cgroup", cgroups.create(node.cgroup),
     ]
 
 

@@ -2,8 +2,9 @@
 
 Everything is checked before anything changes: a kind the lab does not take, an object
 given twice, a Pod's nodeName that is no node of the lab, a Service whose IP families the
-lab lacks. Then the non-Pod objects are written in one datastore batch, and Pods are
-created (or recreated when their spec changed, or relabelled in place) one by one.
+lab lacks. Then the non-Pod objects are written in one datastore batch (Services with the
+clusterIPs and LoadBalancer ingress IPs the lab allocates), and Pods are created (or
+recreated when their spec changed, or relabelled in place) one by one.
 """
 
 from __future__ import annotations
@@ -70,6 +71,26 @@ def _raise(action: str, problems: list[str]) -> None:
 
 
 @dataclass
+class _Taken:
+    """Addresses in use while a batch is applied: by stored Services and earlier ones of
+    the batch."""
+
+    cluster_ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    load_balancer_ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address]
+
+
+def _service_addresses(service: Service) -> str:
+    """` (clusterIPs; load balancer IPs)` for the line saying a Service was applied."""
+    parts = [", ".join(map(str, service.spec.cluster_ip_addresses))]
+    lb_ips = [str(ingress.ip) for ingress in service.status.load_balancer.ingress
+              if ingress.ip is not None]
+    if lb_ips:
+        parts.append("load balancer " + ", ".join(lb_ips))
+    parts = [part for part in parts if part]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+@dataclass
 class _PodPlan:
     pod: Pod
     node: NodePlan
@@ -88,7 +109,8 @@ class Applier:
         snapshot = self.datastore.snapshot()
         problems = _check_common(resources)
         prepared: list[Resource] = []
-        taken = objects.cluster_ips_in_use(snapshot.services())
+        taken = _Taken(objects.cluster_ips_in_use(snapshot.services()),
+                       objects.load_balancer_ips_in_use(snapshot.services()))
         for resource in resources:
             if isinstance(resource, Service):
                 try:
@@ -104,13 +126,21 @@ class Applier:
         for plan in pod_plans:
             self._apply_pod(plan)
 
-    def _service(self, service: Service, snapshot: ClusterState,
-                 taken: set[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> Service:
+    def _service(self, service: Service, snapshot: ClusterState, taken: _Taken) -> Service:
+        """SERVICE with the clusterIPs and load balancer IPs the lab allocates; a Service
+        applied again keeps its own (they are not taken from it)."""
         previous = snapshot.get(ResourceKey.of(service))
         assert previous is None or isinstance(previous, Service)
+        cluster_ips, lb_ips = taken.cluster_ips, taken.load_balancer_ips
         if previous is not None:
-            taken = taken - set(previous.spec.cluster_ip_addresses)
-        return objects.with_cluster_ips(service, self.state.options.families, taken, previous)
+            cluster_ips = cluster_ips - set(previous.spec.cluster_ip_addresses)
+            lb_ips = lb_ips - objects.load_balancer_ips_in_use([previous])
+        service = objects.with_cluster_ips(service, self.state.options.families, cluster_ips,
+                                           previous)
+        service = objects.with_load_balancer_ips(service, lb_ips, previous)
+        taken.cluster_ips |= set(service.spec.cluster_ip_addresses)
+        taken.load_balancer_ips |= objects.load_balancer_ips_in_use([service])
+        return service
 
     def _write(self, prepared: list[Resource], snapshot: ClusterState) -> None:
         if not prepared:
@@ -125,8 +155,8 @@ class Applier:
             verb = "created" if before is None else (
                 "unchanged" if before == resource else "configured")
             extra = ""
-            if isinstance(resource, Service) and resource.spec.cluster_ip_addresses:
-                extra = " (" + ", ".join(map(str, resource.spec.cluster_ip_addresses)) + ")"
+            if isinstance(resource, Service):
+                extra = _service_addresses(resource)
             self.say(f"{_name(key)} {verb}{extra}")
 
     def _plan_pods(self, pods: list[Pod], snapshot: ClusterState,

@@ -6,7 +6,10 @@ finds the leftovers of a lab even when its state file is gone:
     network namespaces  sl-<lab>-underlay, sl-<lab>-external, sl-<lab>-node<i>,
                         sl-<lab>-p-<8 hex>   (one per pod, hashed from namespace/name)
     bpffs pins          /sys/fs/bpf/sluice-lab-<lab>/<node>/
-    cgroups             <cgroup2 root>/sluice-lab-<lab>/<node>/[pods/<ns>_<pod>/]
+    cgroups             <cgroup2 root>/sluice-lab-<lab>/<node>/ (the agent),
+                        .../<node>/host/ (probes and `exec` from the node),
+                        .../<node>/pods/<ns>_<pod>/ (a pod's server, probes and `exec`),
+                        <cgroup2 root>/sluice-lab-<lab>/{external,underlay}/
     state               /run/sluice/labs/<lab>/
 
 Namespace names of one lab never match another lab's patterns, even when one lab name
@@ -109,6 +112,13 @@ def cgroup_root(lab: str) -> str:
 
 def node_cgroup(lab: str, node: str) -> str:
     return f"{cgroup_root(lab)}/{node}"
+
+
+def node_host_cgroup(lab: str, node: str) -> str:
+    """The cgroup of probes and commands run on a node's host (not in a pod): a leaf
+    beside `pods/`, below the node's cgroup where the agent runs and its socket hooks
+    are attached."""
+    return f"{node_cgroup(lab, node)}/host"
 
 
 def pod_cgroup(lab: str, node: str, namespace: str, pod: str) -> str:

@@ -1,6 +1,7 @@
 """The objects the lab writes to its datastore on behalf of Kubernetes' control plane:
-Nodes (kubelet), a Pod's node and status (scheduler, kubelet) and Service clusterIPs
-(API server). Each is built as a manifest and validated by the model like any other."""
+Nodes (kubelet), a Pod's node and status (scheduler, kubelet), Service clusterIPs (API
+server) and LoadBalancer ingress IPs (a cloud's load balancer controller). Each is built
+as a manifest and validated by the model like any other."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from typing import Any
 
 from sluice.datastore import to_manifest
 from sluice.lab.errors import LabError
-from sluice.lab.plan import SERVICE_V4, SERVICE_V6, NodePlan
+from sluice.lab.plan import SERVICE_V4, SERVICE_V6, NodePlan, load_balancer_pool
 from sluice.model import Node, Pod, Service
 from sluice.model.service import HEADLESS
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 FIRST_SERVICE_HOST = {4: 10, 6: 0x10}
 """The first address allocated: 198.19.0.10 and fd00:96::10."""
+FIRST_LOAD_BALANCER_HOST = {4: 10, 6: 0x10}
+"""The first load balancer IP allocated: 198.18.200.10 and fd00:97::10."""
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def node_resource(node: NodePlan) -> Node:
@@ -118,11 +123,56 @@ def with_cluster_ips(service: Service, lab_families: tuple[int, ...],
 def _allocate(family: int, taken: set[ipaddress.IPv4Address | ipaddress.IPv6Address]
               ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     network = SERVICE_V4 if family == 4 else SERVICE_V6
-    for offset in range(FIRST_SERVICE_HOST[family], network.num_addresses - 1):
+    return _lowest_free(network, FIRST_SERVICE_HOST[family], taken, "service address")
+
+
+def _lowest_free(network: ipaddress.IPv4Network | ipaddress.IPv6Network, first: int,
+                 taken: set[Address], what: str) -> Address:
+    for offset in range(first, network.num_addresses - 1):
         candidate = network.network_address + offset
         if candidate not in taken:
             return candidate
-    raise LabError(f"no free service address left in {network}")
+    raise LabError(f"no free {what} left in {network}")
+
+
+def with_load_balancer_ips(service: Service, taken: set[Address],
+                           previous: Service | None = None) -> Service:
+    """SERVICE with status.loadBalancer.ingress set, as a cloud's load balancer controller
+    would, when it is of type LoadBalancer and has none: one IP per family of its
+    clusterIPs (primary first), spec.loadBalancerIP when it has that family, else the one
+    PREVIOUS (the stored object) had, else the lowest free one of the pool
+    (198.18.200.0/24 from .10, fd00:97::/112 from ::10). TAKEN holds the ingress IPs in use
+    by other Services and receives the new ones.
+    """
+    if service.spec.type != "LoadBalancer" or service.status.load_balancer.ingress:
+        return service
+    families = [ip.version for ip in service.spec.cluster_ip_addresses] or [
+        4 if family == "IPv4" else 6 for family in service.spec.ip_families] or [4]
+    previous_ips = [] if previous is None else [
+        ingress.ip for ingress in previous.status.load_balancer.ingress
+        if ingress.ip is not None]
+    wanted = service.spec.load_balancer_ip
+    addresses: list[Address] = []
+    for family in families:
+        chosen = next((ip for ip in [wanted, *previous_ips]
+                       if ip is not None and ip.version == family), None)
+        if chosen is None:
+            chosen = _lowest_free(load_balancer_pool(family), FIRST_LOAD_BALANCER_HOST[family],
+                                  taken, "load balancer IP")
+        elif chosen == wanted and chosen in taken:
+            raise LabError(f"{service.ref}: spec.loadBalancerIP {chosen} is the load balancer "
+                           "IP of another Service")
+        taken.add(chosen)
+        addresses.append(chosen)
+    doc: dict[str, Any] = to_manifest(service)
+    doc["status"] = {**doc.get("status", {}),
+                     "loadBalancer": {"ingress": [{"ip": str(ip)} for ip in addresses]}}
+    return Service.model_validate(doc)
+
+
+def load_balancer_ips_in_use(services: Iterable[Service]) -> set[Address]:
+    return {ingress.ip for service in services for ingress in
+            service.status.load_balancer.ingress if ingress.ip is not None}
 
 
 def cluster_ips_in_use(services: Iterable[Service]

@@ -7,6 +7,12 @@ Addresses (per --ip-family; dual-stack labs use both):
     external     198.18.0.250         fd00:ff::250
     pods, node i 198.18.(16+i).0/24   fd00:10:i::/64
     services     198.19.0.0/16        fd00:96::/108        (clusterIPs the lab allocates)
+    load balancer 198.18.200.0/24     fd00:97::/112        (ingress IPs of LoadBalancer
+                                                            Services; external routes
+                                                            them via node1)
+
+Nodes route the service and load balancer ranges out of their uplink (no gateway), as a
+real node's default route would; see NodePlan.uplink_routes.
 
 Pod MTU leaves room for the VXLAN encapsulation (50 bytes over an IPv4 underlay, 70 over
 IPv6-only) and is 1500 with native routing; every underlay link has MTU 1500.
@@ -34,6 +40,8 @@ UNDERLAY_V4 = ipaddress.IPv4Network("198.18.0.0/24")
 UNDERLAY_V6 = ipaddress.IPv6Network("fd00:ff::/64")
 SERVICE_V4 = ipaddress.IPv4Network("198.19.0.0/16")
 SERVICE_V6 = ipaddress.IPv6Network("fd00:96::/108")
+LOAD_BALANCER_V4 = ipaddress.IPv4Network("198.18.200.0/24")
+LOAD_BALANCER_V6 = ipaddress.IPv6Network("fd00:97::/112")
 EXTERNAL_HOST = 250
 NODE_HOST_BASE = 10
 POD_V4_BASE = 16
@@ -83,6 +91,14 @@ def underlay_prefix(family: int) -> int:
     return (UNDERLAY_V4 if family == 4 else UNDERLAY_V6).prefixlen
 
 
+def service_range(family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return SERVICE_V4 if family == 4 else SERVICE_V6
+
+
+def load_balancer_pool(family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return LOAD_BALANCER_V4 if family == 4 else LOAD_BALANCER_V6
+
+
 def pod_cidr(family: int, index: int) -> str:
     if family == 4:
         return f"198.18.{POD_V4_BASE + index}.0/24"
@@ -100,6 +116,12 @@ class NodePlan:
     """Pod CIDRs, in the same family order."""
     pin_dir: str
     cgroup: str
+    uplink_routes: tuple[str, ...] = ()
+    """CIDRs routed out of the uplink without a gateway: the service and load balancer
+    ranges. They stand in for a real node's default route, which kube-proxy-style rules
+    rely on: a locally made connection to a clusterIP is routed before it is DNATed, and
+    a packet to a Service without endpoints is rejected in the filter table only after
+    it was routed."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +130,9 @@ class EndpointPlan:
 
     netns: str
     addresses: tuple[str, ...]
+    routes: tuple[tuple[str, str], ...] = ()
+    """(CIDR, via) besides those to the nodes' pod CIDRs: the load balancer pools via
+    node1, whose datapath answers for every LoadBalancer IP."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +163,15 @@ def plan_lab(name: str, options: LabOptions) -> LabPlan:
             pod_cidrs=tuple(pod_cidr(f, index) for f in families),
             pin_dir=str(names.pin_dir(name, names.node_name(index))),
             cgroup=names.node_cgroup(name, names.node_name(index)),
+            uplink_routes=tuple(str(cidr) for f in families
+                                for cidr in (service_range(f), load_balancer_pool(f))),
         )
         for index in range(1, options.nodes + 1)
     )
     external = EndpointPlan(
         netns=names.external_netns(name),
         addresses=tuple(underlay_address(f, EXTERNAL_HOST) for f in families),
+        routes=tuple((str(load_balancer_pool(f)), via)
+                     for f, via in zip(families, nodes[0].addresses, strict=True)),
     )
     return LabPlan(name, options, names.underlay_netns(name), external, nodes)

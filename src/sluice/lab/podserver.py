@@ -192,6 +192,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    # The lab starts servers with interrupts held back (blocked), and a signal mask
+    # survives exec: without this, SIGTERM would wait until `lab down` sends SIGKILL.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     try:
         if args.netns:
             with netns.entered(args.netns):

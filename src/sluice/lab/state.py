@@ -172,10 +172,12 @@ class LabState:
 def _topology(plan: LabPlan) -> dict[str, Any]:
     return {
         "underlay": {"netns": plan.underlay_netns},
-        "external": {"netns": plan.external.netns, "addresses": list(plan.external.addresses)},
+        "external": {"netns": plan.external.netns, "addresses": list(plan.external.addresses),
+                     "routes": [{"dst": cidr, "via": via} for cidr, via in plan.external.routes]},
         "nodes": [
             {"name": node.name, "netns": node.netns, "internalIPs": list(node.addresses),
-             "podCIDRs": list(node.pod_cidrs), "pinDir": node.pin_dir, "cgroup": node.cgroup}
+             "podCIDRs": list(node.pod_cidrs), "pinDir": node.pin_dir, "cgroup": node.cgroup,
+             "uplinkRoutes": list(node.uplink_routes)}
             for node in plan.nodes
         ],
     }

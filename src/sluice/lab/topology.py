@@ -1,8 +1,10 @@
 """Making the lab's namespaces and wiring them to the underlay bridge.
 
     sl-<lab>-underlay   bridge br0; one port per node and one for external
-    sl-<lab>-node<i>    eth0 (to br0) with the node's InternalIPs; forwarding on
-    sl-<lab>-external   eth0 (to br0); routes to every node's pod CIDRs via that node
+    sl-<lab>-node<i>    eth0 (to br0) with the node's InternalIPs; forwarding on; the
+                        service and load balancer ranges routed out of eth0
+    sl-<lab>-external   eth0 (to br0); routes to every node's pod CIDRs via that node,
+                        and to the load balancer pools via node1
 
 Everything happens inside those namespaces (`sluice.netns.entered`, `sluice.netlink`);
 nothing here touches the namespace the command runs in.
@@ -73,6 +75,8 @@ def create_node(plan: LabPlan, node: NodePlan) -> None:
     _sysctls(node.netns, _NO_DAD + _ROUTER)
     _attach_to_underlay(plan, node.netns, node.name)
     netlink.configure(node.netns, UPLINK, _cidrs(node.addresses), mtu=UNDERLAY_MTU)
+    for cidr in node.uplink_routes:
+        netlink.add_route(node.netns, cidr, dev=UPLINK)
 
 
 def create_external(plan: LabPlan, external: EndpointPlan) -> None:
@@ -83,3 +87,5 @@ def create_external(plan: LabPlan, external: EndpointPlan) -> None:
     for node in plan.nodes:
         for cidr, via in zip(node.pod_cidrs, node.addresses, strict=True):
             netlink.add_route(external.netns, cidr, via=via)
+    for cidr, via in external.routes:
+        netlink.add_route(external.netns, cidr, via=via)

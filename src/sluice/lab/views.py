@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sluice.compile.services import node_port_allocation
 from sluice.datastore import open_datastore
 from sluice.lab import agents, procs
 from sluice.lab.state import LabState
+from sluice.lab.targets import load_balancer_ips
 from sluice.model import Service
+from sluice.model.service import ServicePort
 
 KINDS = ("nodes", "pods", "services")
 
@@ -55,19 +58,27 @@ def pod_rows(state: LabState) -> list[dict[str, Any]]:
 def service_rows(state: LabState) -> list[dict[str, Any]]:
     with open_datastore(state.paths.datastore_url) as datastore:
         services = datastore.snapshot().of_kind(Service)
+    node_ports = node_port_allocation(services)
     return [
         {
             "namespace": service.namespace,
             "name": service.name,
             "type": service.spec.type,
             "clusterIPs": [str(ip) for ip in service.spec.cluster_ip_addresses],
-            "ports": [f"{p.port}/{p.protocol}" + (f"->{p.target_port}" if p.target_port
-                                                 is not None else "")
-                      for p in service.spec.ports],
+            "loadBalancerIPs": load_balancer_ips(service),
+            "ports": [_port(p, node_ports.get((service.namespace, service.name, index)))
+                      for index, p in enumerate(service.spec.ports)],
             "selector": dict(service.spec.selector),
         }
         for service in services
     ]
+
+
+def _port(port: ServicePort, node_port: int | None) -> str:
+    """`80/TCP`, with the node port `80:31234/TCP` and a targetPort `80/TCP->http`."""
+    text = f"{port.port}" + (f":{node_port}" if node_port is not None else "")
+    text += f"/{port.protocol}"
+    return text + (f"->{port.target_port}" if port.target_port is not None else "")
 
 
 ROWS = {"nodes": node_rows, "pods": pod_rows, "services": service_rows}
@@ -89,7 +100,8 @@ COLUMNS: dict[str, Sequence[tuple[str, str]]] = {
     "pods": (("NAMESPACE", "namespace"), ("NAME", "name"), ("STATUS", "status"),
              ("NODE", "node"), ("IPS", "ips"), ("PORTS", "ports"), ("NETNS", "netns")),
     "services": (("NAMESPACE", "namespace"), ("NAME", "name"), ("TYPE", "type"),
-                 ("CLUSTER-IPS", "clusterIPs"), ("PORTS", "ports"), ("SELECTOR", "selector")),
+                 ("CLUSTER-IPS", "clusterIPs"), ("LOAD-BALANCER-IPS", "loadBalancerIPs"),
+                 ("PORTS", "ports"), ("SELECTOR", "selector")),
 }
 
 

@@ -225,9 +225,12 @@ class Map(Generic[K, V]):
                 return list(self.items())
             if ret not in (0, -errno.ENOENT):
                 check(ret, f"batch-reading map {self.name}")
+            # Slices of the raw arrays: indexing an array of a simple type yields an int.
+            key_bytes, value_bytes = bytes(keys), bytes(values)
+            ksize, vsize = ctypes.sizeof(self._k), ctypes.sizeof(self._v)
             result.extend(
-                (self._k.from_buffer_copy(keys[i]),
-                 self._v.from_buffer_copy(values[i]))
+                (self._k.from_buffer_copy(key_bytes[i * ksize:(i + 1) * ksize]),
+                 self._v.from_buffer_copy(value_bytes[i * vsize:(i + 1) * vsize]))
                 for i in range(count.value)
             )
             if ret == -errno.ENOENT:

@@ -1,0 +1,1 @@
+"""What the datapath holds and does, read back for operators (maps, counters, events)."""
