@@ -145,6 +145,17 @@ static __always_inline bool backend_alive(struct ct_entry *entry)
 	       backend->port == entry->nat_port;
 }
 
+static __always_inline void svc_claim_reply(struct sl_packet *pkt, struct ct_entry *entry)
+{
+	struct ct_key reply = {};
+	bool hairpin = entry->flags & CT_F_HAIRPIN;
+
+	ct_key_of(&reply, &entry->nat_addr, hairpin ? &pkt->daddr : &pkt->saddr,
+		  entry->nat_port, pkt->sport, pkt->l4_proto);
+	ct_create(&reply, CT_REPLY_SNAT, entry->flags & CT_F_HAIRPIN, &pkt->daddr, pkt->dport,
+		  entry->backend_id, NULL, 0);
+}
+
 /* A packet of a flow conntrack already knows. */
 static __always_inline int svc_known(struct __sk_buff *skb, struct sl_packet *pkt,
 				     struct ct_key *key, struct ct_entry *entry,
@@ -250,11 +261,15 @@ static __always_inline int svc_translate(struct __sk_buff *skb, struct sl_packet
 		return SVC_NONE;
 	ct_key_of(&key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->l4_proto);
 	entry = ct_lookup(&key);
-	/* A SYN on a known forward leg is a new connection reusing the client port: choose
-	 * again and rewrite both legs (the reply leg may since belong to another flow). */
-	if (entry && (entry->kind != CT_DNAT ||
-		      (backend_alive(entry) && (pkt->tcp_flags & 0x12) != 0x02)))
+	if (entry && (entry->kind != CT_DNAT || backend_alive(entry))) {
+		/* A SYN on a known forward leg: a retransmission, or a new connection reusing
+		 * the client port. Keep the backend, but claim the reply leg again: another
+		 * frontend's flow from the same client port may have taken it meanwhile. */
+		if (entry->kind == CT_DNAT && !(entry->flags & CT_F_DSR) &&
+		    (pkt->tcp_flags & 0x12) == 0x02)
+			svc_claim_reply(pkt, entry);
 		return svc_known(skb, pkt, &key, entry, res);
+	}
 	return svc_new_flow(skb, pkt, &key, res);
 }
 
