@@ -28,6 +28,23 @@ static __always_inline int swap_macs(struct __sk_buff *skb)
 	return bpf_skb_store_bytes(skb, 0, swapped, 12, 0);
 }
 
+/* Cut the packet to its new length and write the headers built on the stack after the
+ * Ethernet header: IP, then L4, then (for ICMP errors) the quoted packet. */
+static __always_inline int write_answer(struct __sk_buff *skb, const void *ip, __u32 ip_len,
+					const void *l4, __u32 l4_len, const void *quote,
+					__u32 quote_len)
+{
+	__u32 off = ETH_HLEN;
+
+	if (bpf_skb_change_tail(skb, off + ip_len + l4_len + quote_len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, off, ip, ip_len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, off + ip_len, l4, l4_len, 0) < 0)
+		return -1;
+	if (quote_len && bpf_skb_store_bytes(skb, off + ip_len + l4_len, quote, quote_len, 0) < 0)
+		return -1;
+	return 0;
+}
+
 __noinline int reject_tcp(struct __sk_buff *skb, __u32 family, __u32 l4_off)
 {
 	struct tcphdr th, rst = {};
@@ -76,9 +93,7 @@ __noinline int reject_tcp(struct __sk_buff *skb, __u32 family, __u32 l4_off)
 		ip.check = csum_fold(csum_add_buf(&ip, sizeof(ip), 0));
 		sum = csum_add_buf(&ph, sizeof(ph), 0);
 		rst.check = csum_fold(csum_add_buf(&rst, sizeof(rst), sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(rst), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &rst, sizeof(rst), 0) < 0)
+		if (write_answer(skb, &ip, sizeof(ip), &rst, sizeof(rst), NULL, 0) < 0)
 			return TC_ACT_SHOT;
 	} else {
 		struct ipv6hdr ip;
@@ -95,9 +110,7 @@ __noinline int reject_tcp(struct __sk_buff *skb, __u32 family, __u32 l4_off)
 		ip.hop_limit = REJECT_TTL;
 		sum = csum_add_buf(&ph, sizeof(ph), 0);
 		rst.check = csum_fold(csum_add_buf(&rst, sizeof(rst), sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(rst), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &rst, sizeof(rst), 0) < 0)
+		if (write_answer(skb, &ip, sizeof(ip), &rst, sizeof(rst), NULL, 0) < 0)
 			return TC_ACT_SHOT;
 	}
 	if (swap_macs(skb) < 0)
@@ -137,11 +150,7 @@ __noinline int reject_icmp(struct __sk_buff *skb, __u32 family)
 		icmp.code = ICMP_PORT_UNREACH;
 		sum = csum_add_buf(&icmp, sizeof(icmp), 0);
 		icmp.check = csum_fold(csum_add_buf(&quote, QUOTE4_LEN, sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(icmp) + QUOTE4_LEN, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &icmp, sizeof(icmp), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip) + sizeof(icmp), &quote,
-					QUOTE4_LEN, 0) < 0)
+		if (write_answer(skb, &ip, sizeof(ip), &icmp, sizeof(icmp), &quote, QUOTE4_LEN) < 0)
 			return TC_ACT_SHOT;
 	} else {
 		struct { struct ipv6hdr ip; __u8 l4[8]; } quote;
@@ -164,11 +173,7 @@ __noinline int reject_icmp(struct __sk_buff *skb, __u32 family)
 		sum = csum_add_buf(&tail, sizeof(tail), sum);
 		sum = csum_add_buf(&icmp, sizeof(icmp), sum);
 		icmp.check = csum_fold(csum_add_buf(&quote, QUOTE6_LEN, sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(icmp) + QUOTE6_LEN, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &icmp, sizeof(icmp), 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip) + sizeof(icmp), &quote,
-					QUOTE6_LEN, 0) < 0)
+		if (write_answer(skb, &ip, sizeof(ip), &icmp, sizeof(icmp), &quote, QUOTE6_LEN) < 0)
 			return TC_ACT_SHOT;
 	}
 	if (swap_macs(skb) < 0)
