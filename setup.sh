@@ -10,7 +10,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool make gcc pkg-config libelf-dev
   python3 python3-venv python3-dev
-  iproute2 iptables nftables ethtool iputils-ping procps util-linux kmod
+  iproute2 iptables nftables ipset conntrack ethtool iputils-ping procps util-linux kmod
 )
 VENV=.venv
 STAMP="$VENV/.sluice-deps"

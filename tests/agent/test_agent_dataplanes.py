@@ -69,7 +69,8 @@ def test_bpf_pod_add_and_del_program_maps_and_links(cluster: MiniCluster) -> Non
         "fd00:10:2::/64": (RouteKind.REMOTE_TUNNEL, vxlan),
     }
     assert str(routes["fd00:10:2::/64"].next_hop.to_ip()) == "198.18.0.12"
-    assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host"}
+    assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host",
+                              "to_network@uplink0", "prefilter_xdp@uplink0"}
 
     pod = n1.add_pod("a")
     endpoint_count(cluster, n1, 1)
@@ -85,7 +86,8 @@ def test_bpf_pod_add_and_del_program_maps_and_links(cluster: MiniCluster) -> Non
     n1.delete_pod(pod)
     endpoint_count(cluster, n1, 0)
     wait_for(lambda: n1.endpoints_map() == {}, what="the endpoint entries to go")
-    assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host"}
+    assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host",
+                              "to_network@uplink0", "prefilter_xdp@uplink0"}
 
 
 @pytest.mark.parametrize("routing", ["vxlan", "native"])

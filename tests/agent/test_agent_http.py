@@ -47,7 +47,8 @@ def test_waits_for_its_node_then_serves_health_metrics_and_state(single: MiniClu
     assert {(link["program"], link["device"], link["hook"]) for link in state["bpf"]["links"]} \
         == {("from_endpoint", pod.host_ifname, "tcx/ingress"),
             ("from_network", "sl-vxlan", "tcx/ingress"), ("from_network", "uplink0", "tcx/ingress"),
-            ("from_host", "sl-host", "tcx/egress")}
+            ("from_host", "sl-host", "tcx/egress"), ("to_network", "uplink0", "tcx/egress"),
+            ("prefilter_xdp", "uplink0", "xdp")}
     assert state["problems"] == []
 
     text = agent.metrics()
@@ -57,7 +58,7 @@ def test_waits_for_its_node_then_serves_health_metrics_and_state(single: MiniClu
     assert metric(text, "sluice_agent_healthy") == 1
     assert metric(text, "sluice_agent_endpoints") == 1
     assert metric(text, 'sluice_agent_routes{kind="local_pods"}') == 2
-    assert metric(text, "sluice_agent_links") == 4
+    assert metric(text, "sluice_agent_links") == 6
     assert metric(text, "sluice_agent_problems") == 0
     assert metric(text, "sluice_agent_reconcile_duration_seconds") > 0
     assert 'sluice_agent_route_hits_total{cidr="198.18.16.0/24",kind="local_pods"}' in text

@@ -16,9 +16,12 @@ import pytest
 from sluice.datapath import conntrack as ct
 from sluice.datapath import endpoints as ep
 from sluice.datapath import lb
+from sluice.datapath import policy as pol
 from sluice.datapath import routing as rt
 from sluice.datapath.prefilter import MAP_NAME, PrefilterEntry, PrefilterKey
 from sluice.loader import BpfObject, LayoutMismatchError
+from sluice.loader.btf import BtfKind
+from sluice.loader.layout import verify_layout
 
 pytestmark = pytest.mark.root
 
@@ -54,16 +57,29 @@ NODE_LAYOUTS: dict[str, tuple[type[Any], type[Any]]] = {
     lb.SOURCE_RANGES_MAP: (lb.LbSourceKey, lb.SourceAllowed),
     ep.MAP_NAME: (ep.EndpointKey, ep.EndpointInfo),
     rt.MAP_NAME: (rt.RouteKey, rt.RouteEntry),
+    pol.IPCACHE_MAP: (pol.IpcacheKey, pol.IpcacheEntry),
+    pol.POLICY_MAP: (pol.PolicyKey, pol.PolicyVerdict),
+    pol.STATES_MAP: (pol.StateIndex, pol.PolicyState),
+    pol.FAILSAFE_MAP: (pol.FailsafeKey, pol.FailsafeValue),
+    pol.HOST_INTERFACES_MAP: (pol.HostInterfaceKey, pol.HostInterfaceValue),
+    pol.COUNTERS_MAP: (pol.StateIndex, pol.PolicyCounter),
+    pol.FLOWS_MAP: (ct.CtKey, pol.PolicyFlow),
 }
 
+# The policy maps the prefilter shares with node.c (same names and definitions).
+PREFILTER_POLICY_LAYOUTS = {name: NODE_LAYOUTS[name] for name in (
+    pol.IPCACHE_MAP, pol.POLICY_MAP, pol.STATES_MAP, pol.FAILSAFE_MAP,
+    pol.HOST_INTERFACES_MAP, pol.COUNTERS_MAP)}
+
 CT_ENTRY_FLAGS = "__u8 kind;  /* enum ct_kind */\n\t__u8 flags; /* enum ct_flags */"
+POLICY_VERDICT_RANK = "__u32 rank;    /* lower wins; every Kubernetes allow shares one rank */"
 
 
 def build_variant(tmp_path: Path, old: str, new: str, obj: str = "prefilter") -> Path:
     src = tmp_path / "bpf"
     shutil.copytree(BPF_DIR, src, ignore=shutil.ignore_patterns("build"))
     for header in (src / "include" / "prefilter.h", src / "include" / "common.h",
-                   src / "include" / "conntrack.h"):
+                   src / "include" / "conntrack.h", src / "include" / "policy.h"):
         text = header.read_text()
         if old in text:
             header.write_text(text.replace(old, new))
@@ -99,6 +115,28 @@ def test_drift_is_refused_before_any_map_access(tmp_path: Path, case: str) -> No
 def test_node_layouts_match_the_built_object(name: str) -> None:
     with BpfObject.open("node") as obj:
         obj.verify_map_layout(name, *NODE_LAYOUTS[name])
+
+
+@pytest.mark.parametrize("name", PREFILTER_POLICY_LAYOUTS)
+def test_prefilter_policy_layouts_match_the_built_object(name: str) -> None:
+    with BpfObject.open("prefilter") as obj:
+        obj.verify_map_layout(name, *PREFILTER_POLICY_LAYOUTS[name])
+
+
+def test_policy_event_layout_matches_the_built_object() -> None:
+    """The ring buffer has no key or value type: the record's struct is checked by name."""
+    with BpfObject.open("node") as obj:
+        verify_layout(obj.btf, obj.btf.find("policy_event", BtfKind.STRUCT), pol.PolicyEvent,
+                      "policy_events record")
+
+
+def test_policy_verdict_drift_is_refused(tmp_path: Path) -> None:
+    obj_path = build_variant(tmp_path, POLICY_VERDICT_RANK,
+                             "__u16 rank;\n\t__u16 weight;", obj="node")
+    with BpfObject(obj_path) as obj:
+        with pytest.raises(LayoutMismatchError) as raised:
+            obj.verify_map_layout(pol.POLICY_MAP, pol.PolicyKey, pol.PolicyVerdict)
+        assert "'rank', 'weight', 'action'" in str(raised.value)
 
 
 def test_conntrack_drift_is_refused(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_snapshot_reads_every_manifest_file(store_dir: Path, make_store: StoreFa
     write(store_dir / "sub" / "nested.yaml", pod_yaml("nested"))
     state = make_store().snapshot()
     assert state.revision == 1
-    assert len(state) == 13
+    assert len(state) == 18
     assert [p.name for p in state.pods()] == ["web-0", "web-1", "extra"]
     assert [ns.name for ns in state.namespaces()] == ["shop", "tools"]
     assert [p.name for p in state.network_policies("tools")] == ["default-deny"]

@@ -20,7 +20,7 @@ def test_resource_key_of_namespaced_and_cluster_scoped() -> None:
 def test_typed_accessors_sorted_and_filtered_by_namespace() -> None:
     state = ClusterState(load_manifests([MODEL_MANIFESTS]), revision=7)
     assert state.revision == 7
-    assert len(state) == 12
+    assert len(state) == 17
     assert [ns.name for ns in state.namespaces()] == ["shop", "tools"]
     assert all(isinstance(ns, Namespace) for ns in state.namespaces())
     assert [node.name for node in state.nodes()] == ["node-a"]
@@ -42,13 +42,16 @@ def test_typed_accessors_sorted_and_filtered_by_namespace() -> None:
     assert [p.name for p in state.network_policies("tools")] == ["default-deny"]
     assert state.kinds() == [
         "EndpointSlice",
+        "GlobalNetworkPolicy",
+        "HostEndpoint",
         "Namespace",
         "NetworkPolicy",
         "Node",
         "Pod",
+        "PrefilterDenyList",
         "Service",
     ]
-    assert len(state.all()) == 12
+    assert len(state.all()) == 17
     assert state.all()[0].KIND == "EndpointSlice"
     assert state.get(ResourceKey("Pod", "shop", "web-0")) is state.pods()[0]
     assert state.get(ResourceKey("Pod", "shop", "nope")) is None

@@ -10,12 +10,15 @@ from manifest_helpers import parse_ok
 from sluice.model import (
     KINDS,
     EndpointSlice,
+    GlobalNetworkPolicy,
+    HostEndpoint,
     LabelSelector,
     Namespace,
     NetworkPolicy,
     NetworkPolicyPort,
     Node,
     Pod,
+    PrefilterDenyList,
     Service,
     load_manifests,
     parse_file,
@@ -30,6 +33,9 @@ def test_kind_table_holds_every_kind() -> None:
         ("v1", "Service"): Service,
         ("discovery.k8s.io/v1", "EndpointSlice"): EndpointSlice,
         ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
+        ("sluice.io/v1", "GlobalNetworkPolicy"): GlobalNetworkPolicy,
+        ("sluice.io/v1", "HostEndpoint"): HostEndpoint,
+        ("sluice.io/v1", "PrefilterDenyList"): PrefilterDenyList,
     } == KINDS
 
 
@@ -332,6 +338,11 @@ def test_load_manifests_reads_files_and_directories(manifests: Path) -> None:
         "NetworkPolicy",
         "Namespace",
         "NetworkPolicy",
+        "GlobalNetworkPolicy",
+        "GlobalNetworkPolicy",
+        "GlobalNetworkPolicy",
+        "HostEndpoint",
+        "PrefilterDenyList",
         "Node",
     ]
 

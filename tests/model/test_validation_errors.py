@@ -313,7 +313,8 @@ CASES = [
     pytest.param(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
         "kind",
-        'unknown kind "Deployment": expected one of EndpointSlice, Namespace, NetworkPolicy',
+        'unknown kind "Deployment": expected one of EndpointSlice, GlobalNetworkPolicy, '
+        "HostEndpoint, Namespace, NetworkPolicy",
         id="unknown-kind",
     ),
     pytest.param(

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from sluice.compile.lbstate import LbOptions
+from sluice.compile.policytypes import FailsafePort
 from sluice.compile.topology import Dataplane, RoutingMode
 
 DEFAULT_CNI_STATE_DIR = "/run/sluice/cni"
@@ -42,6 +43,7 @@ class AgentConfig:
     lb: LbOptions = field(default_factory=LbOptions)
     cgroup: str | None = None  # cgroup v2 directory whose sockets get connect-time LB
     allow_root_cgroup: bool = False
+    failsafe: tuple[FailsafePort, ...] = ()  # inbound and outbound; see compile.failsafe
 
     @property
     def pins(self) -> str:

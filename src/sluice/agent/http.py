@@ -1,4 +1,4 @@
-"""The agent's HTTP endpoints: /healthz, /metrics, /state."""
+"""The agent's HTTP endpoints: /healthz, /metrics, /state, /policy."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
 
 from sluice.agent import metrics
 from sluice.agent.config import AgentConfig
 from sluice.agent.reconcile import RouteHits
 from sluice.agent.stateview import state_document
 from sluice.agent.status import AgentStatus
+from sluice.observe.policyview import endpoint_document, find_endpoint
 
 log = logging.getLogger("sluice.agent.http")
 
@@ -34,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/healthz":
             health = self.server.status.health()
             self._send(200 if health.ok else 503, "text/plain; charset=utf-8",
@@ -50,9 +53,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/state":
             doc = state_document(self.server.config, self.server.status.view())
             self._send(200, "application/json", json.dumps(doc, indent=2) + "\n")
+        elif path == "/policy":
+            self._policy(parse_qs(query).get("endpoint", [""])[0])
         else:
             self._send(404, "text/plain; charset=utf-8",
-                       "not found: try /healthz, /metrics or /state\n")
+                       "not found: try /healthz, /metrics, /state or /policy\n")
+
+    def _policy(self, name: str) -> None:
+        """/policy: the endpoints policy knows; /policy?endpoint=NS/POD: one of them."""
+        outcome = self.server.status.view().outcome
+        if outcome is None:
+            self._send(503, "text/plain; charset=utf-8", "no reconcile has completed yet\n")
+            return
+        policy = outcome.desired.policy
+        if not name:
+            doc: Any = {"endpoints": [e.name for e in policy.endpoints]}
+        else:
+            endpoint = find_endpoint(policy, name)
+            if endpoint is None:
+                self._send(404, "text/plain; charset=utf-8",
+                           f"no endpoint {name} on node {self.server.config.node}\n")
+                return
+            doc = endpoint_document(policy, endpoint)
+        self._send(200, "application/json", json.dumps(doc, indent=2) + "\n")
 
     def _send(self, code: int, content_type: str, body: str) -> None:
         data = body.encode()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from sluice.agent.config import AgentConfig
+from sluice.agent.policylog import PolicyLogReader
 from sluice.agent.records import live_records
 from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
 from sluice.apply.bpfmaps import sync_endpoints, sync_routes
@@ -20,6 +21,8 @@ from sluice.apply.kernel import apply_kernel_state
 from sluice.apply.lbmaps import sync_lb
 from sluice.apply.links import device_holding, ifindexes, read_links
 from sluice.apply.nodeobject import NodeObject
+from sluice.apply.policymaps import sync_policy
+from sluice.apply.policyrules import remove_policy_rules, sync_policy_rules
 from sluice.apply.servicerules import remove_service_rules, sync_service_rules
 from sluice.cni.registry import list_records
 from sluice.compile.bpfstate import BpfState, bpf_state
@@ -27,8 +30,11 @@ from sluice.compile.devices import SERVICE_VNI, TUNNEL_DEVICE, TUNNEL_VNI
 from sluice.compile.endpoints import LocalEndpoints, local_endpoints
 from sluice.compile.kernelstate import KernelState, kernel_state
 from sluice.compile.lbstate import lb_state
+from sluice.compile.policy import policy_state, rule_origins
+from sluice.compile.policytypes import PolicyState
 from sluice.compile.services import service_table
 from sluice.compile.topology import Dataplane, NodeView, RoutingMode, node_view
+from sluice.datapath.policy import EVENTS_MAP
 from sluice.datapath.routing import RouteKind
 from sluice.datastore import ClusterState, Datastore
 from sluice.model.addresses import IPNetwork
@@ -50,6 +56,7 @@ class DesiredState:
     kernel: KernelState
     bpf: BpfState | None
     attachments: tuple[Attachment, ...]
+    policy: PolicyState
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,14 @@ class Reconciler:
     datastore: Datastore
     node_object: NodeObject | None = field(default=None, init=False)
     service_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _services
+    policy_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _policy
+    policy_log: PolicyLogReader | None = field(default=None, init=False)
+    rule_origins: dict[int, str] = field(default_factory=dict, init=False)
 
     def close(self) -> None:
+        if self.policy_log is not None:
+            self.policy_log.stop()
+            self.policy_log = None
         if self.node_object is not None:
             self.node_object.close()
             self.node_object = None
@@ -99,12 +112,21 @@ class Reconciler:
             synced = apply_kernel_state(ipr, kernel, [e.host_ifname for e in endpoints.endpoints])
         changes = synced.changes
         problems += synced.problems
+        policy = policy_state(state, self.config.node, endpoints.endpoints, self.config.failsafe,
+                              interface_ifindexes=synced.ifindexes | devices)
+        problems += policy.problems
+        self.rule_origins = rule_origins(policy)
         bpf: BpfState | None = None
         attached: tuple[Attachment, ...] = ()
         if self.config.dataplane is Dataplane.BPF:
-            bpf = bpf_state(view, endpoints, self.config.routing, uplink)
+            identities = {address: endpoint.identity for endpoint in policy.endpoints
+                          if not endpoint.host_endpoint for address in endpoint.addresses}
+            bpf = bpf_state(view, endpoints, self.config.routing, uplink, identities)
             problems += bpf.problems
             node_object = self._node_object()
+            # Policy before endpoints: a new pod's identity and verdicts are in place
+            # before the datapath knows the pod.
+            changes.kinds.update(sync_policy(node_object.policy, policy).kinds)
             changes["endpoints"] = sync_endpoints(node_object.endpoints, bpf.endpoints)
             changes["routes"] = sync_routes(node_object.routes, bpf.routes,
                                             synced.ifindexes.get(TUNNEL_DEVICE))
@@ -126,7 +148,8 @@ class Reconciler:
                                           synced.ifindexes).changes
             changes["socket hooks"] = sync_cgroup_links(self.config.pins, {}, None)
         problems += self._services(state, changes)
-        desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached)
+        problems += self._policy(policy, changes)
+        desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached, policy)
         return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
                                 time.monotonic() - started)
 
@@ -149,6 +172,23 @@ class Reconciler:
             changes["iptables services"] = Changes(removed=removed)
         return []
 
+    def _policy(self, policy: PolicyState, changes: ChangeLog) -> list[str]:
+        """iptables mode: policy as per-endpoint chains and ipsets. bpf mode: remove, once,
+        what an iptables-mode agent left (its chains would judge traffic twice)."""
+        try:
+            if self.config.dataplane is not Dataplane.BPF:
+                changes["policy rules"] = sync_policy_rules(policy)
+            elif not self.policy_rules_cleared:
+                removed = remove_policy_rules()
+                self.policy_rules_cleared = True
+                if removed:
+                    changes["iptables policy"] = Changes(removed=removed)
+        except ApplyError as err:
+            if self.config.dataplane is not Dataplane.BPF:
+                raise
+            return [f"stale iptables policy rules could not be removed: {err}"]
+        return []
+
     def _uplink(self, ipr: IPRoute, view: NodeView, devices: dict[str, int]) -> str:
         if self.config.uplink is not None:
             return self.config.uplink
@@ -168,6 +208,9 @@ class Reconciler:
                 self.config.pins, tunnel_vni=TUNNEL_VNI, service_vni=SERVICE_VNI,
                 maglev_table_size=self.config.lb.maglev_table_size)
             log.info("loaded the node datapath; maps pinned in %s", self.config.pins)
+            self.policy_log = PolicyLogReader(self.node_object.obj.map_fd(EVENTS_MAP),
+                                              lambda: self.rule_origins)
+            self.policy_log.start()
         return self.node_object
 
     def route_hits(self) -> list[RouteHits]:

@@ -55,6 +55,6 @@ def state_document(config: AgentConfig, view: StatusView) -> dict[str, Any]:
                                 "nextHop": str(s.next_hop) if s.next_hop else None}
                        for c, s in sorted(bpf.routes.items(), key=lambda i: (i[0].version, i[0]))},
             "links": [{"program": a.program, "device": a.ifname,
-                       "hook": f"tcx/{a.direction.value}"} for a in desired.attachments],
+                       "hook": a.hook_name} for a in desired.attachments],
         }
     return doc

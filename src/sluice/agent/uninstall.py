@@ -3,7 +3,8 @@
 Detaches and unpins the node's links, unpins its maps and removes the pin directory, and
 deletes Sluice's kernel routes, devices (sl-host, sl-vxlan) and its permanent neighbours
 on the pods' host veths, and the iptables-mode service rules (every SLUICE-* chain of the
-nat and filter tables, IPv4 and IPv6, and the jumps into them). The pods' veths and the
+nat and filter tables, IPv4 and IPv6, and the jumps into them) and policy rules (chains
+in filter, mangle and raw, and Sluice's ipsets). The pods' veths and the
 CNI records belong to sluice-cni and are left alone; so are sysctls.
 """
 
@@ -19,6 +20,7 @@ from sluice.apply.attachments import links_dir, remove_links
 from sluice.apply.cgrouplinks import cgroup_links_dir, remove_cgroup_links
 from sluice.apply.kernel import remove_kernel_state
 from sluice.apply.nodeobject import remove_maps
+from sluice.apply.policyrules import remove_policy_rules
 from sluice.apply.servicerules import remove_service_rules
 from sluice.cni.registry import list_records
 
@@ -43,5 +45,6 @@ def uninstall(config: AgentConfig) -> list[str]:
     with IPRoute() as ipr:
         log = remove_kernel_state(ipr, devices)
     report.append(f"kernel: {log.summary()}")
+    report.append(f"policy rules: {remove_policy_rules()} chains, jumps and ipsets removed")
     report.append(f"service rules: {remove_service_rules()} iptables chains and jumps removed")
     return report

@@ -1,4 +1,4 @@
-"""tcx links of the node programs, pinned in bpffs so they outlive the agent.
+"""tcx and XDP links of the node programs, pinned in bpffs so they outlive the agent.
 
 Every link is pinned at `<pin_dir>/links/<program>@<ifname>`. A pinned link keeps its
 program attached while no process holds it; a restarted agent adopts it by swapping in the
@@ -17,16 +17,31 @@ from dataclasses import dataclass, field
 from sluice.apply.diff import Changes
 from sluice.compile.bpfstate import BpfState
 from sluice.loader import Direction, LibbpfError, Link, Program, attach_tcx, tcx_attach_type
+from sluice.loader.attach import LinkState, attach_xdp
+from sluice.loader.btf import kernel_enum
 
 LINKS_DIR = "links"
 SEPARATOR = "@"
 
-# Which hook each program of the node object runs on.
-PROGRAM_HOOKS: dict[str, Direction] = {
+XDP = "xdp"
+Hook = Direction | str  # a tcx direction, or XDP
+
+# Which hook each program of the node objects runs on.
+PROGRAM_HOOKS: dict[str, Hook] = {
     "from_endpoint": Direction.INGRESS,
     "from_network": Direction.INGRESS,
     "from_host": Direction.EGRESS,
+    "to_network": Direction.EGRESS,
+    "prefilter_xdp": XDP,
 }
+
+
+def on_hook(state: LinkState, hook: Hook) -> bool:
+    """Whether a link the kernel describes as STATE sits on HOOK. XDP links report no
+    attach type: their link type says it."""
+    if hook == XDP:
+        return state.link_type == kernel_enum("bpf_link_type")["BPF_LINK_TYPE_XDP"]
+    return state.attach_type == tcx_attach_type(Direction(hook))
 
 
 @dataclass(frozen=True, order=True)
@@ -37,7 +52,7 @@ class Attachment:
     ifname: str
 
     @property
-    def direction(self) -> Direction:
+    def hook(self) -> Hook:
         return PROGRAM_HOOKS[self.program]
 
     @property
@@ -51,14 +66,23 @@ class Attachment:
             return None
         return cls(program, ifname)
 
+    @property
+    def hook_name(self) -> str:
+        hook = self.hook
+        return f"tcx/{hook.value}" if isinstance(hook, Direction) else XDP
+
     def __str__(self) -> str:
-        return f"{self.program} on tcx {self.direction.value} of {self.ifname}"
+        return f"{self.program} on {self.hook_name} of {self.ifname}"
 
 
 def desired_attachments(state: BpfState) -> frozenset[Attachment]:
     wanted = {Attachment("from_endpoint", ifname) for ifname in state.endpoint_devices}
     wanted |= {Attachment("from_network", ifname) for ifname in state.network_devices}
     wanted.add(Attachment("from_host", state.host_device))
+    if state.uplink:
+        # Host endpoint policy of what leaves, and the prefilter before the stack.
+        wanted |= {Attachment("to_network", state.uplink),
+                   Attachment("prefilter_xdp", state.uplink)}
     return frozenset(wanted)
 
 
@@ -117,7 +141,7 @@ def _sync_pinned(path: str, attachment: Attachment, *, programs: Mapping[str, Pr
         live = state.ifindex != 0
         wanted = (attachment in desired and live
                   and ifindexes.get(attachment.ifname) == state.ifindex
-                  and state.attach_type == tcx_attach_type(attachment.direction))
+                  and on_hook(state, attachment.hook))
         if wanted:
             if state.prog_id != program_ids[attachment.program]:
                 link.update(programs[attachment.program])
@@ -144,7 +168,9 @@ def detach_quietly(link: Link) -> None:
 
 
 def _attach_and_pin(path: str, attachment: Attachment, program: Program, ifindex: int) -> None:
-    link = attach_tcx(program, ifindex, attachment.direction)
+    hook = attachment.hook
+    link = (attach_tcx(program, ifindex, hook) if isinstance(hook, Direction)
+            else attach_xdp(program, ifindex))
     try:
         link.pin(path)
     except BaseException:

@@ -8,7 +8,8 @@ an entry that did not change is not written at all, so a route keeps its `hits` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sluice.apply.diff import Changes
 from sluice.apply.errors import ApplyError
@@ -62,10 +63,19 @@ def sync_routes(routes: Map[RouteKey, RouteEntry], desired: Mapping[IPNetwork, R
                     merge=carry_hits)
 
 
-def sync_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
+@dataclass
+class MapPlan(Generic[K, V]):
+    """What a sync writes and deletes; a caller may write now and delete later."""
+
+    writes: list[tuple[K, V]]
+    stale: list[K]
+    changes: Changes
+
+
+def plan_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
              same: Callable[[V, V], bool],
-             merge: Callable[[V, V], V] | None = None) -> Changes:
-    """Make BPF_MAP hold exactly WANTED (keyed by the key's bytes).
+             merge: Callable[[V, V], V] | None = None) -> MapPlan[K, V]:
+    """What makes BPF_MAP hold exactly WANTED (keyed by the key's bytes).
 
     SAME says whether an existing value already is what is wanted; MERGE builds the value
     to write over an existing one (to carry datapath-owned fields such as counters).
@@ -85,6 +95,14 @@ def sync_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
             writes.append((key, merge(current[1], value) if merge else value))
     stale = [key for raw, (key, _) in actual.items() if raw not in wanted]
     changes.removed = len(stale)
-    bpf_map.update_batch(writes)
-    bpf_map.delete_batch(stale)
-    return changes
+    return MapPlan(writes, stale, changes)
+
+
+def sync_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
+             same: Callable[[V, V], bool],
+             merge: Callable[[V, V], V] | None = None) -> Changes:
+    """Make BPF_MAP hold exactly WANTED: writes first, then deletes (see plan_map)."""
+    plan = plan_map(bpf_map, wanted, same=same, merge=merge)
+    bpf_map.update_batch(plan.writes)
+    bpf_map.delete_batch(plan.stale)
+    return plan.changes

@@ -1,7 +1,8 @@
 """bpf mode: the node datapath objects, loaded once per agent process, maps pinned.
 
-Two objects: `node` (the tc programs) and `sock` (the cgroup socket hooks). Both pin
-their maps by name at `<pin_dir>/<map>`, so they share the load balancer maps, and a
+Three objects: `node` (the tc programs), `sock` (the cgroup socket hooks) and
+`prefilter` (XDP on the uplink). All pin their maps by name at `<pin_dir>/<map>`, so they
+share the load balancer and policy maps, and a
 restarted agent's load adopts them (libbpf reuses a compatible pinned map): entries,
 conntrack and the programs still attached through pinned links keep serving traffic
 across the restart.
@@ -9,23 +10,29 @@ across the restart.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from sluice.apply.errors import ApplyError
 from sluice.apply.lbmaps import LbMaps
+from sluice.apply.policymaps import PolicyMaps
 from sluice.bpffs import is_bpffs
 from sluice.compile.devices import SERVICE_VNI, TUNNEL_VNI
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE
+from sluice.datapath import conntrack as ct
 from sluice.datapath import endpoints as ep
 from sluice.datapath import lb
+from sluice.datapath import policy as pol
+from sluice.datapath import prefilter as pf
 from sluice.datapath import routing as rt
 from sluice.loader import BpfObject, LayoutMismatchError, LibbpfError, Map, Program
 from sluice.loader.objects import VerifierError
 
 OBJECT_NAME = "node"
 SOCK_OBJECT_NAME = "sock"
+PREFILTER_OBJECT_NAME = "prefilter"
 PINNED_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
     (ep.MAP_NAME, ep.EndpointKey, ep.EndpointInfo),
     (rt.MAP_NAME, rt.RouteKey, rt.RouteEntry),
@@ -33,9 +40,17 @@ PINNED_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
     (lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend),
     (lb.MAGLEV_MAP, lb.LbMaglevKey, lb.MaglevSlot),
     (lb.SOURCE_RANGES_MAP, lb.LbSourceKey, lb.SourceAllowed),
+    (pol.IPCACHE_MAP, pol.IpcacheKey, pol.IpcacheEntry),
+    (pol.POLICY_MAP, pol.PolicyKey, pol.PolicyVerdict),
+    (pol.STATES_MAP, pol.StateIndex, pol.PolicyState),
+    (pol.FAILSAFE_MAP, pol.FailsafeKey, ctypes.c_uint32),
+    (pol.HOST_INTERFACES_MAP, ctypes.c_uint32, ctypes.c_uint32),
+    (pf.MAP_NAME, pf.PrefilterKey, pf.PrefilterEntry),
+    (pol.FLOWS_MAP, ct.CtKey, pol.PolicyFlow),
 )
 # Maps without a Python layout: pinned, shared and removed, never read by the agent.
-OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP)
+OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP, pol.COUNTERS_MAP,
+               pol.EVENTS_MAP, "node_scratch")
 REMOVE_HINT = "remove this node's pins with `sluice agent --node NODE --uninstall` first"
 
 
@@ -49,6 +64,8 @@ class NodeObject:
     programs: dict[str, Program]  # tc programs
     sock_obj: BpfObject
     sock_programs: dict[str, Program]  # cgroup socket hooks
+    prefilter_obj: BpfObject
+    policy: PolicyMaps
 
     @classmethod
     def load(cls, pin_dir: str, *, tunnel_vni: int = TUNNEL_VNI,
@@ -58,28 +75,38 @@ class NodeObject:
         verify_pinned_maps(pin_dir)
         obj = _load(OBJECT_NAME, pin_dir, tunnel_vni=tunnel_vni, service_vni=service_vni,
                     maglev_table_size=maglev_table_size)
+        loaded = [obj]
         try:
             sock = _load(SOCK_OBJECT_NAME, pin_dir, maglev_table_size=maglev_table_size)
-        except BaseException:
-            obj.close()
-            raise
-        try:
+            loaded.append(sock)
+            prefilter = _load(PREFILTER_OBJECT_NAME, pin_dir)
+            loaded.append(prefilter)
             maps = LbMaps(obj.map(lb.SERVICES_MAP, lb.LbKey, lb.LbValue),
                           obj.map(lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend),
                           obj.map(lb.MAGLEV_MAP, lb.LbMaglevKey, lb.MaglevSlot),
                           obj.map(lb.SOURCE_RANGES_MAP, lb.LbSourceKey, lb.SourceAllowed))
+            policy = PolicyMaps(
+                obj.map(pol.IPCACHE_MAP, pol.IpcacheKey, pol.IpcacheEntry),
+                obj.map(pol.POLICY_MAP, pol.PolicyKey, pol.PolicyVerdict),
+                obj.map(pol.STATES_MAP, ctypes.c_uint32, pol.PolicyState),
+                obj.map(pol.FAILSAFE_MAP, pol.FailsafeKey, ctypes.c_uint32),
+                obj.map(pol.HOST_INTERFACES_MAP, ctypes.c_uint32, ctypes.c_uint32),
+                prefilter.map(pf.MAP_NAME, pf.PrefilterKey, pf.PrefilterEntry))
+            programs = {p.name: p for p in obj.programs()}
+            programs |= {p.name: p for p in prefilter.programs() if p.name == "prefilter_xdp"}
             return cls(obj, pin_dir,
                        obj.map(ep.MAP_NAME, ep.EndpointKey, ep.EndpointInfo),
                        obj.map(rt.MAP_NAME, rt.RouteKey, rt.RouteEntry),
-                       maps, {p.name: p for p in obj.programs()},
-                       sock, {p.name: p for p in sock.programs()})
+                       maps, programs, sock, {p.name: p for p in sock.programs()},
+                       prefilter, policy)
         except BaseException:
-            sock.close()
-            obj.close()
+            for loaded_obj in reversed(loaded):
+                loaded_obj.close()
             raise
 
     def close(self) -> None:
         """Drop the process's handles; pinned maps and links stay in the kernel."""
+        self.prefilter_obj.close()
         self.sock_obj.close()
         self.obj.close()
 

@@ -18,8 +18,15 @@ from sluice.agent.config import (
 )
 from sluice.agent.runner import StartupError, run_agent
 from sluice.agent.uninstall import uninstall
+from sluice.compile.failsafe import (
+    DEFAULT_INBOUND,
+    DEFAULT_OUTBOUND,
+    PROTOCOL_NUMBERS,
+    parse_failsafe,
+)
 from sluice.compile.lbstate import ExternalMode, LbAlgorithm, LbOptions
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE, validate_table_size
+from sluice.compile.policytypes import FailsafePort
 from sluice.compile.topology import Dataplane, RoutingMode
 
 DESCRIPTION = """\
@@ -98,6 +105,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "'tunnel' returns replies through the node the client reached, "
                              "'dsr' answers directly (default: %(default)s); per service: "
                              "annotation sluice.io/lb-mode")
+    parser.add_argument("--failsafe-inbound", default=DEFAULT_INBOUND, metavar="LIST",
+                        help="ports host endpoint policy never blocks toward the node, as "
+                             "PROTOCOL:PORT,... or 'none' (default: %(default)s; the --listen "
+                             "port is always added)")
+    parser.add_argument("--failsafe-outbound", default=DEFAULT_OUTBOUND, metavar="LIST",
+                        help="ports host endpoint policy never blocks from the node "
+                             "(default: %(default)s)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info", help="(default: %(default)s)")
     parser.add_argument("--allow-host-netns", action="store_true",
@@ -127,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         listen = parse_listen(args.listen)
         table_size = validate_table_size(args.maglev_table_size)
+        failsafe = (*parse_failsafe(args.failsafe_inbound, inbound=True,
+                                    option="--failsafe-inbound"),
+                    FailsafePort(True, PROTOCOL_NUMBERS["tcp"], listen[1]),
+                    *parse_failsafe(args.failsafe_outbound, inbound=False,
+                                    option="--failsafe-outbound"))
     except ValueError as err:
         return _fail(str(err), 2)
     if args.cgroup is not None and not os.path.isdir(args.cgroup):
@@ -138,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         dataplane=Dataplane(args.dataplane), routing=RoutingMode(args.routing),
         netns=args.netns, cni_state_dir=args.cni_state_dir, pin_dir=args.pin_dir or "",
         listen=listen, uplink=args.uplink, resync_interval=args.resync_interval, lb=lb,
-        cgroup=args.cgroup, allow_root_cgroup=args.allow_host_netns)
+        cgroup=args.cgroup, allow_root_cgroup=args.allow_host_netns,
+        failsafe=tuple(dict.fromkeys(failsafe)))
     if config.netns is not None:
         # Before anything starts a thread: every later thread inherits the namespace.
         try:

@@ -12,7 +12,8 @@ from sluice.model import ParseResult, manifest_files, parse_file
 DESCRIPTION = """\
 Parse Kubernetes-style manifests (multi-document YAML, JSON, kind: List) and check
 every object against the resource model Sluice uses: Namespace, Node, Pod, Service,
-EndpointSlice and NetworkPolicy.
+EndpointSlice and NetworkPolicy, and Sluice's own GlobalNetworkPolicy, HostEndpoint and
+PrefilterDenyList (sluice.io/v1; see examples/policy.yaml).
 
 Files are checked in the order given; a directory stands for its *.yaml, *.yml and
 *.json files in name order. At the first file with problems, every problem of that

@@ -51,13 +51,17 @@ class BpfState:
     endpoint_devices: frozenset[str]  # host veths: from_endpoint on tc ingress
     network_devices: frozenset[str]  # tunnel device and uplink: from_network on tc ingress
     host_device: str  # from_host on tc egress
+    uplink: str = ""  # to_network on tc egress, prefilter_xdp on XDP ("" when unknown)
     problems: tuple[str, ...] = ()
 
 
 def bpf_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
-              uplink: str) -> BpfState:
+              uplink: str, identities: Mapping[IPAddress, int] | None = None) -> BpfState:
+    """IDENTITIES: each local pod address's policy identity (0 where absent)."""
+    identity_of = identities or {}
     entries = {
-        address: EndpointSpec(e.host_ifname, e.host_ifindex, e.pod_mac, e.host_mac)
+        address: EndpointSpec(e.host_ifname, e.host_ifindex, e.pod_mac, e.host_mac,
+                              identity_of.get(address, 0))
         for e in endpoints.endpoints for address in e.addresses
     }
     cidr_routes = pod_cidr_routes(view, mode)
@@ -70,5 +74,6 @@ def bpf_state(view: NodeView, endpoints: LocalEndpoints, mode: RoutingMode,
         # and, in both modes, service traffic forwarded for outside clients.
         network_devices=frozenset(d for d in (TUNNEL_DEVICE, uplink) if d),
         host_device=HOST_DEVICE,
+        uplink=uplink,
         problems=endpoints.problems + cidr_routes.problems,
     )

@@ -6,7 +6,18 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar, cast
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
-from sluice.model import EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Resource, Service
+from sluice.model import (
+    EndpointSlice,
+    GlobalNetworkPolicy,
+    HostEndpoint,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    PrefilterDenyList,
+    Resource,
+    Service,
+)
 
 R = TypeVar("R", bound=Resource)
 
@@ -120,6 +131,16 @@ class ClusterState:
 
     def network_policies(self, namespace: str | None = None) -> tuple[NetworkPolicy, ...]:
         return self.of_kind(NetworkPolicy, namespace)
+
+    def global_network_policies(self) -> tuple[GlobalNetworkPolicy, ...]:
+        """Sorted by name; evaluation order is `GlobalNetworkPolicy.evaluation_key`."""
+        return self.of_kind(GlobalNetworkPolicy)
+
+    def host_endpoints(self) -> tuple[HostEndpoint, ...]:
+        return self.of_kind(HostEndpoint)
+
+    def prefilter_deny_lists(self) -> tuple[PrefilterDenyList, ...]:
+        return self.of_kind(PrefilterDenyList)
 
     def with_changes(self, changes: Iterable[Change]) -> ClusterState:
         """A new state with `changes` applied in order; this state is left as it was.

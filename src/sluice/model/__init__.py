@@ -14,6 +14,7 @@ from sluice.model.core import (
     PodSpec,
     PodStatus,
 )
+from sluice.model.denylist import PrefilterDenyList, PrefilterDenyListSpec
 from sluice.model.endpointslice import (
     SERVICE_NAME_LABEL,
     Endpoint,
@@ -23,6 +24,15 @@ from sluice.model.endpointslice import (
     ObjectReference,
 )
 from sluice.model.errors import ManifestError, ManifestProblem
+from sluice.model.globalpolicy import (
+    DEFAULT_ORDER,
+    GlobalNetworkPolicy,
+    GlobalNetworkPolicySpec,
+    GlobalPeer,
+    GlobalRule,
+    RuleAction,
+)
+from sluice.model.hostendpoint import HostEndpoint, HostEndpointSpec, interface_name_problem
 from sluice.model.loader import (
     ParseResult,
     load_manifests,
@@ -53,6 +63,7 @@ from sluice.model.service import (
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "DEFAULT_ORDER",
     "KINDS",
     "RESOURCE_CLASSES",
     "SERVICE_NAME_LABEL",
@@ -62,6 +73,12 @@ __all__ = [
     "EndpointConditions",
     "EndpointPort",
     "EndpointSlice",
+    "GlobalNetworkPolicy",
+    "GlobalNetworkPolicySpec",
+    "GlobalPeer",
+    "GlobalRule",
+    "HostEndpoint",
+    "HostEndpointSpec",
     "IPAddress",
     "IPBlock",
     "IPFamily",
@@ -90,11 +107,15 @@ __all__ = [
     "PodSpec",
     "PodStatus",
     "PolicyType",
+    "PrefilterDenyList",
+    "PrefilterDenyListSpec",
     "Resource",
+    "RuleAction",
     "Service",
     "ServicePort",
     "ServiceSpec",
     "ServiceStatus",
+    "interface_name_problem",
     "load_manifests",
     "manifest_files",
     "parse_file",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sluice.model.core import Namespace, Node, Pod
+from sluice.model.denylist import PrefilterDenyList
 from sluice.model.endpointslice import EndpointSlice
+from sluice.model.globalpolicy import GlobalNetworkPolicy
+from sluice.model.hostendpoint import HostEndpoint
 from sluice.model.networkpolicy import NetworkPolicy
 from sluice.model.resource import Resource
 from sluice.model.service import Service
@@ -17,6 +20,9 @@ RESOURCE_CLASSES: tuple[type[Resource], ...] = (
     Service,
     EndpointSlice,
     NetworkPolicy,
+    GlobalNetworkPolicy,
+    HostEndpoint,
+    PrefilterDenyList,
 )
 
 KINDS: Mapping[tuple[str, str], type[Resource]] = {
