@@ -380,7 +380,7 @@ def test_a_resync_of_the_same_state_writes_nothing(node: Node,
     monkeypatch.setattr(policyrules, "cut_flows", refuse)
     again = node.sync(state)
     assert not again.any and again.unchanged > 0
-    policyrules._applied.clear()  # what a restarted agent knows: rewrites, cuts nothing
+    policyrules.APPLIED.clear()  # what a restarted agent knows: rewrites, cuts nothing
     monkeypatch.undo()
     monkeypatch.setattr(policyrules, "cut_flows", refuse)
     assert not node.sync(state).any

@@ -170,7 +170,7 @@ def test_a_restarted_agent_rewrites_but_counts_no_change(node_ns: str) -> None:
     table = full_table()
     sync(node_ns, table)
     before = {v: (ours(node_ns, v), jumps(node_ns, v)) for v in (4, 6)}
-    servicerules._applied.clear()  # what a new process knows
+    servicerules.APPLIED.clear()  # what a new process knows
     changes = sync(node_ns, table)
     assert not changes.any, changes
     assert {v: (ours(node_ns, v), jumps(node_ns, v)) for v in (4, 6)} == before

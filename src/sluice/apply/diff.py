@@ -18,6 +18,12 @@ class Changes:
     def any(self) -> bool:
         return bool(self.added or self.changed or self.removed)
 
+    def add(self, more: Changes) -> None:
+        self.added += more.added
+        self.changed += more.changed
+        self.removed += more.removed
+        self.unchanged += more.unchanged
+
     def __str__(self) -> str:
         parts = [f"+{self.added}" if self.added else "", f"~{self.changed}" if self.changed else "",
                  f"-{self.removed}" if self.removed else ""]

@@ -24,11 +24,9 @@ Rules and sets of other owners, service chains included, are never touched.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 import socket
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -40,16 +38,17 @@ from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from sluice.apply.diff import Changes
 from sluice.apply.errors import ApplyError
+from sluice.apply.restored import AppliedTexts
 from sluice.apply.servicerules import (
     Jump,
     Snapshot,
     TableDump,
-    _run,
     count_changes,
     family_supported,
     parse_save,
     restore,
     rule_target,
+    run_tool,
 )
 from sluice.compile.flowcut import TrackedFlow, forbidden_flows
 from sluice.compile.iptables_policy import (
@@ -94,7 +93,7 @@ class LiveSet:
 
 
 def _ipset(argv: list[str], stdin: str | None = None) -> str:
-    done = _run(["ipset", *argv], stdin)
+    done = run_tool(["ipset", *argv], stdin)
     if done.returncode == 0:
         return done.stdout
     message = f"ipset {' '.join(argv)} failed (exit {done.returncode}): {done.stderr.strip()}"
@@ -170,7 +169,7 @@ def read_family(version: int) -> Dumps:
     """The raw, mangle and filter tables; one that does not exist yet is empty (reading
     all tables at once creates none)."""
     tool = "iptables-save" if version == 4 else "ip6tables-save"
-    done = _run([tool])
+    done = run_tool([tool])
     if done.returncode != 0:
         raise ApplyError(f"{tool} failed (exit {done.returncode}): {done.stderr.strip()}")
     return {table: parse_save(done.stdout, table) for table in TABLES}
@@ -225,35 +224,20 @@ def restore_text(generated: str, live: Dumps) -> str:
 
 # --- what was applied last, per namespace and family ------------------------------------
 
-_applied: dict[tuple[int, int, int], tuple[str, Snapshot]] = {}
-_applied_lock = threading.Lock()
-
-
-def _namespace_key(version: int) -> tuple[int, int, int]:
-    info = os.stat("/proc/thread-self/ns/net")
-    return info.st_dev, info.st_ino, version
-
-
-def _forget(version: int) -> None:
-    with _applied_lock:
-        _applied.pop(_namespace_key(version), None)
+APPLIED: AppliedTexts[Snapshot] = AppliedTexts()
 
 
 def _sync_family(rules: PolicyRules, live: Dumps) -> Dumps | None:
     """Write one family's chains and return them as read back; None when they were
     already as generated."""
-    key = _namespace_key(rules.version)
-    with _applied_lock:
-        last = _applied.get(key)
-    if last == (rules.text, snapshot(live)):
+    if APPLIED.unchanged(rules.version, rules.text, snapshot(live)):
         return None
-    _forget(rules.version)
+    APPLIED.forget(rules.version)
     text = restore_text(rules.text, live)
     if text:
         restore(rules.version, text)
     after = read_family(rules.version)
-    with _applied_lock:
-        _applied[key] = (rules.text, snapshot(after))
+    APPLIED.remember(rules.version, rules.text, snapshot(after))
     return after
 
 
@@ -344,13 +328,6 @@ def _families(state: PolicyState) -> list[int]:
     return usable
 
 
-def _add(total: Changes, more: Changes) -> None:
-    total.added += more.added
-    total.changed += more.changed
-    total.removed += more.removed
-    total.unchanged += more.unchanged
-
-
 def sync_policy_rules(state: PolicyState) -> Changes:
     """Make this namespace's ipsets and raw, mangle and filter tables enforce STATE.
 
@@ -380,7 +357,7 @@ def sync_policy_rules(state: PolicyState) -> Changes:
 
     changes = set_changes
     for v in versions:
-        _add(changes, count_changes(snapshot(before[v]), snapshot(after[v])))
+        changes.add(count_changes(snapshot(before[v]), snapshot(after[v])))
     if not changes.any:
         return changes
     sets_after = read_sets()
@@ -415,7 +392,7 @@ def remove_policy_rules(families: Iterable[int] = FAMILIES) -> int:
     removed = 0
     versions = [v for v in families if family_supported(v)]
     for version in versions:
-        _forget(version)
+        APPLIED.forget(version)
         text, count = _removal_text(read_family(version))
         if count:
             restore(version, text)

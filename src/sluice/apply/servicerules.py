@@ -24,12 +24,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sluice.apply.diff import Changes
 from sluice.apply.errors import ApplyError
+from sluice.apply.restored import AppliedTexts
 from sluice.compile.iptables_services import (
     FILTER_SERVICES,
     MARK_MASQ,
@@ -146,7 +146,7 @@ def family_supported(version: int) -> bool:
     return version == 4 or os.path.exists("/proc/net/if_inet6")
 
 
-def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     # The child is forked by this thread, so it runs in this thread's network namespace.
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True,
@@ -159,7 +159,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 
 def read_table(version: int, table: str) -> TableDump:
     tool = _tool(version, "save")
-    done = _run([tool, "-t", table])
+    done = run_tool([tool, "-t", table])
     if done.returncode != 0:
         raise ApplyError(f"{tool} -t {table} failed (exit {done.returncode}): "
                          f"{done.stderr.strip()}")
@@ -170,7 +170,7 @@ def restore(version: int, text: str) -> None:
     """iptables-restore --noflush TEXT; raises ApplyError with the tool's message and the
     line it failed on."""
     tool = _tool(version, "restore")
-    done = _run([tool, "-w", LOCK_WAIT, "--noflush"], text)
+    done = run_tool([tool, "-w", LOCK_WAIT, "--noflush"], text)
     if done.returncode == 0:
         return
     stderr = "; ".join(line.strip() for line in done.stderr.splitlines()
@@ -242,27 +242,9 @@ def count_changes(before: Snapshot, after: Snapshot) -> Changes:
     return changes
 
 
-def _add(total: Changes, more: Changes) -> None:
-    total.added += more.added
-    total.changed += more.changed
-    total.removed += more.removed
-    total.unchanged += more.unchanged
-
-
 # --- what was applied last, per namespace and family ------------------------------------
 
-_applied: dict[tuple[int, int, int], tuple[str, Snapshot]] = {}
-_applied_lock = threading.Lock()
-
-
-def _namespace_key(version: int) -> tuple[int, int, int]:
-    info = os.stat("/proc/thread-self/ns/net")
-    return info.st_dev, info.st_ino, version
-
-
-def _forget(version: int) -> None:
-    with _applied_lock:
-        _applied.pop(_namespace_key(version), None)
+APPLIED: AppliedTexts[Snapshot] = AppliedTexts()
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -316,18 +298,14 @@ def restore_text(generated: str, live: dict[str, TableDump]) -> str:
 
 def sync_family(table: ServiceTable, version: int) -> Changes:
     generated = service_rules(table, version).text
-    key = _namespace_key(version)
     live = _read_family(version)
     before = snapshot(live)
-    with _applied_lock:
-        last = _applied.get(key)
-    if last is not None and last == (generated, before):
+    if APPLIED.unchanged(version, generated, before):
         return Changes(unchanged=len(before))
-    _forget(version)
+    APPLIED.forget(version)
     restore(version, restore_text(generated, live))
     after = snapshot(_read_family(version))
-    with _applied_lock:
-        _applied[key] = (generated, after)
+    APPLIED.remember(version, generated, after)
     return count_changes(before, after)
 
 
@@ -345,7 +323,7 @@ def sync_service_rules(table: ServiceTable) -> Changes:
                                  f"node cannot program IPv{version} rules "
                                  f"({_tool(version, 'restore')} or kernel support is missing)")
             continue
-        _add(total, sync_family(table, version))
+        total.add(sync_family(table, version))
     return total
 
 
@@ -372,7 +350,7 @@ def remove_service_rules(families: Iterable[int] = FAMILIES) -> int:
     for version in families:
         if not family_supported(version):
             continue
-        _forget(version)
+        APPLIED.forget(version)
         text, count = _removal_text(_read_family(version, unreadable_is_empty=True))
         if count:
             restore(version, text)
