@@ -348,6 +348,8 @@ def test_policy_show_prints_rules_and_the_identities_they_resolve_to(cluster: Cl
                                                          "ports": [{"port": 8080}]}]})
     with cluster.applied(only_b):
         cluster.settles({("web/b", "web/a", 8080): True, ("web/c", "web/a", 8080): False})
+        # settles may have seen b reach a before the policy landed; this flow is judged by it
+        assert cluster.reaches("web/b", "web/a", 8080)
         proc = ok(subprocess.run([str(SLUICE), "bpf", "policy", "show", "web/a", "--lab",
                                   cluster.lab.name, "-o", "json"],
                                  capture_output=True, text=True, timeout=30, check=False))
