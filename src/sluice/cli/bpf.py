@@ -11,18 +11,17 @@ from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import urlopen
 
-from sluice.agent.config import DEFAULT_LISTEN, default_pin_dir, parse_listen
+from sluice.agent.config import DEFAULT_LISTEN, parse_listen
+from sluice.cli import bpfdump
+from sluice.cli.pindir import PIN_DIR_HELP, add_node_options, pin_dir_of
 from sluice.datapath import policy as dp
 from sluice.lab import agents as lab_agents
-from sluice.lab import names as lab_names
 from sluice.lab import state as lab_state
 from sluice.loader import LibbpfError
 from sluice.observe.lbview import read_frontends, render_table
 from sluice.observe.policyview import datapath_counts, render
 
-EPILOG = """\
-The pin directory is found from --pin-dir, else from --lab and --node (a lab node), else
-from --node (the agent's default, /sys/fs/bpf/sluice/NODE).
+EPILOG = PIN_DIR_HELP + """
 
 examples:
   sluice bpf lb list --lab demo --node node1
@@ -31,9 +30,7 @@ examples:
 
 
 def _add_list_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--node", metavar="NAME", help="the node whose maps to read")
-    parser.add_argument("--lab", metavar="NAME", help="a lab's node (with --node)")
-    parser.add_argument("--pin-dir", metavar="DIR", help="the node agent's pin directory")
+    add_node_options(parser)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.set_defaults(handler=run_list)
 
@@ -47,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "list", help="frontends and their backends as the datapath sees them",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
     _add_policy_parser(bpf_sub)
+    bpfdump.add_parsers(bpf_sub)
     service = sub.add_parser("service", help="services as the datapath sees them")
     service_sub = service.add_subparsers(dest="service_command", metavar="ACTION")
     _add_list_options(service_sub.add_parser(
@@ -140,16 +138,6 @@ def run_policy_show(args: argparse.Namespace) -> int:
             print(f"sluice bpf policy show: reading {pin_dir}: {err}", file=sys.stderr)
     print(json.dumps(doc, indent=2) if args.output == "json" else render(doc))
     return 0
-
-
-def pin_dir_of(args: argparse.Namespace) -> str | None:
-    if args.pin_dir:
-        return str(args.pin_dir)
-    if args.node and args.lab:
-        return str(lab_names.pin_dir(args.lab, args.node))
-    if args.node:
-        return default_pin_dir(args.node)
-    return None
 
 
 def run_list(args: argparse.Namespace) -> int:
