@@ -27,6 +27,8 @@ struct {
 	__uint(max_entries, 1);
 } node_scratch SEC(".maps");
 
+#define PULL_LEN (ETH_HLEN + 60 + 8)
+
 /* The scratch, cleared, with the packet parsed into it; NULL when there is none. */
 static __always_inline struct node_scratch *begin(struct __sk_buff *skb, int *parsed)
 {
@@ -39,8 +41,15 @@ static __always_inline struct node_scratch *begin(struct __sk_buff *skb, int *pa
 		return NULL;
 	__builtin_memset(&s->pkt, 0, sizeof(s->pkt));
 	__builtin_memset(&s->res, 0, sizeof(s->res));
-	/* Fails harmlessly on shorter packets, which are linear anyway. */
-	bpf_skb_pull_data(skb, ETH_HLEN + 60 + 8);
+	/* The headers parsing may read, in the linear part. A packet shorter than that is
+	 * linear anyway (the pull would fail harmlessly); one whose headers already are
+	 * needs no helper call (writes make the packet writable themselves). */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (skb->len >= PULL_LEN && data + PULL_LEN > data_end)
+		bpf_skb_pull_data(skb, PULL_LEN);
+	/* Reload the packet pointers: clang must not reuse what it computed above. */
+	asm volatile("" : "+r"(skb));
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	*parsed = sl_parse(data, data_end, &s->pkt);
@@ -67,7 +76,8 @@ static __always_inline int police(struct node_scratch *s, int verdict)
 {
 	if (verdict == SVC_FORWARD)
 		policy_retuple(&s->policy, &s->pkt);
-	return policy_enforce(&s->policy, verdict == SVC_FORWARD || verdict == SVC_NONE);
+	return policy_enforce(&s->policy, verdict == SVC_FORWARD || verdict == SVC_NONE,
+			      sl_now(&s->pkt.now));
 }
 
 /* Put a translated packet back as it arrived, so an answer goes to its sender as the
@@ -155,7 +165,7 @@ int from_host(struct __sk_buff *skb)
 	if (!s || parsed != SL_PARSE_OK)
 		return TC_ACT_SHOT;
 	if (policy_begin(skb, &s->policy, &s->pkt, POLICY_AT_HOST)) {
-		outcome = policy_enforce(&s->policy, 1);
+		outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
 		if (outcome != POLICY_PASS)
 			return refuse(skb, s, outcome, POLICY_AT_HOST);
 	}
@@ -191,7 +201,7 @@ static __always_inline int police_arrival(struct __sk_buff *skb, struct node_scr
 
 	s->policy.here.in_ifindex = skb->ifindex;
 	s->policy.here.orig_dport = policy_port(&s->policy.key);
-	outcome = policy_enforce(&s->policy, 0);
+	outcome = policy_enforce(&s->policy, 0, sl_now(&s->pkt.now));
 	if (outcome != POLICY_UNKNOWN)
 		return outcome;
 	/* A service flow's later packets name it only after translation. */
@@ -282,7 +292,7 @@ int to_network(struct __sk_buff *skb)
 	if (policy_is_overlay(&s->pkt, &s->pkt.daddr))
 		return TC_ACT_OK;
 	s->policy.here.out_ifindex = skb->ifindex;
-	outcome = policy_enforce(&s->policy, 1);
+	outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
 	if (outcome != POLICY_PASS)
 		return refuse(skb, s, outcome, POLICY_AT_UPLINK);
 	return TC_ACT_OK;

@@ -54,4 +54,14 @@ static __always_inline bool sl_addr_eq(const union sl_addr *a, const union sl_ad
 	       a->w[3] == b->w[3];
 }
 
+/* bpf_ktime_get_ns() costs as much as a map lookup: a packet reads the clock once, the
+ * first time a flow table needs it, and every table it touches shares that time.
+ * CLOCK: the packet's cache, 0 until read. */
+static __always_inline __u64 sl_now(__u64 *clock)
+{
+	if (!*clock)
+		*clock = bpf_ktime_get_ns();
+	return *clock;
+}
+
 #endif

@@ -69,15 +69,16 @@ static __always_inline void ct_key_reverse(struct ct_key *rev, const struct ct_k
 	ct_key_of(rev, &key->dst, &key->src, key->dport, key->sport, key->proto);
 }
 
-/* The live entry for KEY, refreshed; NULL when absent or idle past its timeout. */
-static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key)
+/* The live entry for KEY, refreshed; NULL when absent or idle past its timeout. CLOCK:
+ * the packet's time (sl_now). */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key, __u64 *clock)
 {
 	struct ct_entry *entry = bpf_map_lookup_elem(&conntrack, key);
 	__u64 now, timeout;
 
 	if (!entry)
 		return NULL;
-	now = bpf_ktime_get_ns();
+	now = sl_now(clock);
 	timeout = (__u64)(key->proto == IPPROTO_TCP ? ct_timeout_tcp_s : ct_timeout_other_s) *
 		  1000000000ULL;
 	if (now - entry->last_seen_ns > timeout)
@@ -90,10 +91,11 @@ static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key)
 
 static __always_inline int ct_create(const struct ct_key *key, __u8 kind, __u8 flags,
 				     const union sl_addr *nat_addr, __be16 nat_port,
-				     __u32 backend_id, const union sl_addr *peer, __u32 ifindex)
+				     __u32 backend_id, const union sl_addr *peer, __u32 ifindex,
+				     __u64 now)
 {
 	struct ct_entry entry = {
-		.last_seen_ns = bpf_ktime_get_ns(),
+		.last_seen_ns = now,
 		.nat_port = nat_port,
 		.kind = kind,
 		.flags = flags,

@@ -16,6 +16,7 @@ struct sl_packet {
 	__u8 icmp_type; /* ICMP and ICMPv6 */
 	__u8 tcp_flags; /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
 	__u8 pad[2];
+	__u64 now;      /* sl_now()'s cache: 0 until a flow table needs the time */
 };
 
 enum sl_parse_result {

@@ -667,19 +667,18 @@ static __always_inline void policy_flow_merge(struct policy_flow *flow,
 
 /* The packet whose flow is s->key (set up by policy_begin): its flow's verdict, judged
  * now if the flow is new (and CREATE) or was judged under another policy revision.
- * Returns enum policy_outcome; on a reply s->key is turned to the flow's direction. */
-__noinline int policy_enforce(struct policy_scratch *s, __u32 create)
+ * Returns enum policy_outcome; on a reply s->key is turned to the flow's direction.
+ * NOW: the packet's time (sl_now). */
+__noinline int policy_enforce(struct policy_scratch *s, __u32 create, __u64 now)
 {
 	struct policy_flow *flow;
 	__u32 revision, fresh_hooks = 0;
 	bool forward = true;
-	__u64 now;
 	int verdict;
 	__u8 was;
 
 	if (!s)
 		return POLICY_DROP;
-	now = bpf_ktime_get_ns();
 	revision = policy_revision();
 	flow = policy_flow_lookup(&s->key, now);
 	if (!flow) {

@@ -55,6 +55,7 @@ __noinline int svc_icmp_error(struct __sk_buff *skb, __u32 family, __u32 l4_off,
 	struct ct_entry *entry;
 	struct ct_key key = {};
 	union sl_addr inner_dst = {}, outer_src = {};
+	__u64 clock = 0;
 	__be16 ports[2];
 	__u8 proto;
 
@@ -88,7 +89,7 @@ __noinline int svc_icmp_error(struct __sk_buff *skb, __u32 family, __u32 l4_off,
 	key.sport = ports[1];
 	key.dport = ports[0];
 	key.proto = proto;
-	entry = ct_lookup(&key);
+	entry = ct_lookup(&key, &clock);
 	if (!entry)
 		return SVC_NONE;
 	if (entry->kind == CT_RETURN_TUNNEL) {
@@ -153,7 +154,7 @@ static __always_inline void svc_claim_reply(struct sl_packet *pkt, struct ct_ent
 	ct_key_of(&reply, &entry->nat_addr, hairpin ? &pkt->daddr : &pkt->saddr,
 		  entry->nat_port, pkt->sport, pkt->l4_proto);
 	ct_create(&reply, CT_REPLY_SNAT, entry->flags & CT_F_HAIRPIN, &pkt->daddr, pkt->dport,
-		  entry->backend_id, NULL, 0);
+		  entry->backend_id, NULL, 0, sl_now(&pkt->now));
 }
 
 /* A packet of a flow conntrack already knows. */
@@ -227,14 +228,15 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 		flags |= CT_F_DSR;
 	if (sl_addr_eq(&backend_addr, &pkt->saddr))
 		flags |= CT_F_HAIRPIN;
-	ct_create(key, CT_DNAT, flags, &backend_addr, backend_port, backend_id, NULL, 0);
+	ct_create(key, CT_DNAT, flags, &backend_addr, backend_port, backend_id, NULL, 0,
+		  sl_now(&pkt->now));
 	if (!(flags & CT_F_DSR)) {
 		/* A hairpinned flow comes back to the frontend address, from the backend. */
 		ct_key_of(&reply, &backend_addr,
 			  flags & CT_F_HAIRPIN ? &pkt->daddr : &pkt->saddr,
 			  backend_port, pkt->sport, pkt->l4_proto);
 		ct_create(&reply, CT_REPLY_SNAT, flags & CT_F_HAIRPIN, &pkt->daddr, pkt->dport,
-			  backend_id, NULL, 0);
+			  backend_id, NULL, 0, sl_now(&pkt->now));
 	}
 	res->flags = flags;
 	res->frontend = pkt->daddr;
@@ -260,7 +262,7 @@ static __always_inline int svc_translate(struct __sk_buff *skb, struct sl_packet
 	    pkt->l4_proto != IPPROTO_SCTP)
 		return SVC_NONE;
 	ct_key_of(&key, &pkt->saddr, &pkt->daddr, pkt->sport, pkt->dport, pkt->l4_proto);
-	entry = ct_lookup(&key);
+	entry = ct_lookup(&key, &pkt->now);
 	if (entry && (entry->kind != CT_DNAT || backend_alive(entry))) {
 		/* A SYN on a known forward leg: a retransmission, or a new connection reusing
 		 * the client port. Keep the backend, but claim the reply leg again: another
@@ -284,12 +286,12 @@ static __always_inline void svc_note_forwarded(struct sl_packet *pkt, __u8 kind,
 	ct_key_of(&reply, &pkt->daddr, &pkt->saddr, pkt->dport, pkt->sport, pkt->l4_proto);
 	/* The same client port may have reached this backend another way before (another
 	 * node's frontend, or one of ours): the flow arriving now is the live one. */
-	known = ct_lookup(&reply);
+	known = ct_lookup(&reply, &pkt->now);
 	if (known && known->kind == kind && known->ifindex == ifindex &&
 	    (!peer || sl_addr_eq(&known->peer, peer)) &&
 	    (!nat_addr || (known->nat_port == nat_port && sl_addr_eq(&known->nat_addr, nat_addr))))
 		return;
-	ct_create(&reply, kind, 0, nat_addr, nat_port, 0, peer, ifindex);
+	ct_create(&reply, kind, 0, nat_addr, nat_port, 0, peer, ifindex, sl_now(&pkt->now));
 }
 
 #endif
