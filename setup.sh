@@ -11,6 +11,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool make gcc pkg-config libelf-dev
   python3 python3-venv python3-dev
   iproute2 iptables nftables ipset conntrack ethtool iputils-ping procps util-linux kmod
+  sockperf iperf3 wrk nginx-light netsniff-ng
 )
 VENV=.venv
 STAMP="$VENV/.sluice-deps"
@@ -32,7 +33,17 @@ install_packages() {
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Benchmark servers (nginx, iperf3) are run by `sluice bench` inside lab namespaces;
+    # their packages must not start host-wide daemons, so service starts are refused
+    # while installing (policy-rc.d exit 101), unless the machine already has a policy.
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      guard=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod 755 "$guard"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { rm -f "$guard"; return 1; }
+    if [ -n "$guard" ]; then rm -f "$guard"; fi
   fi
 }
 

@@ -46,14 +46,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct lb_key);
 	__type(value, struct lb_value);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
 } lb_services SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, struct lb_backend);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
 } lb_backends SEC(".maps");
 
 struct lb_affinity_key {

@@ -69,8 +69,10 @@ def test_bpf_pod_add_and_del_program_maps_and_links(cluster: MiniCluster) -> Non
         "fd00:10:2::/64": (RouteKind.REMOTE_TUNNEL, vxlan),
     }
     assert str(routes["fd00:10:2::/64"].next_hop.to_ip()) == "198.18.0.12"
+    # No deny list and no doNotTrack policy: no XDP on the uplink (it would turn off
+    # segmentation offload of the veth's peer for nothing).
     assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host",
-                              "to_network@uplink0", "prefilter_xdp@uplink0"}
+                              "to_network@uplink0"}
 
     pod = n1.add_pod("a")
     endpoint_count(cluster, n1, 1)
@@ -87,7 +89,16 @@ def test_bpf_pod_add_and_del_program_maps_and_links(cluster: MiniCluster) -> Non
     endpoint_count(cluster, n1, 0)
     wait_for(lambda: n1.endpoints_map() == {}, what="the endpoint entries to go")
     assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host",
-                              "to_network@uplink0", "prefilter_xdp@uplink0"}
+                              "to_network@uplink0"}
+
+    # A deny list brings the prefilter; without one it goes again.
+    cluster.write("denylist.yaml", {"apiVersion": "sluice.io/v1", "kind": "PrefilterDenyList",
+                                    "metadata": {"name": "bad"},
+                                    "spec": {"cidrs": ["198.18.66.0/24"]}})
+    wait_for(lambda: "prefilter_xdp@uplink0" in n1.link_pins(), what="the prefilter link")
+    (cluster.datastore / "denylist.yaml").unlink()
+    wait_for(lambda: "prefilter_xdp@uplink0" not in n1.link_pins(),
+             what="the prefilter link to go")
 
 
 @pytest.mark.parametrize("routing", ["vxlan", "native"])

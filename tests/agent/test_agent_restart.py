@@ -108,8 +108,7 @@ def test_agent_restart_between_add_and_del(cluster: MiniCluster) -> None:
     assert flows(a, c)
     pins, ids = n1.link_pins(), link_ids(n1)
     assert pins == {f"from_endpoint@{a.host_ifname}", "from_network@sl-vxlan",
-                    "from_network@uplink0", "from_host@sl-host", "to_network@uplink0",
-                    "prefilter_xdp@uplink0"}
+                    "from_network@uplink0", "from_host@sl-host", "to_network@uplink0"}
     programs_before = n1.tcx_programs(a.host_ifname)
 
     with UdpStream(a, c) as stream:
@@ -139,9 +138,9 @@ def test_agent_restart_between_add_and_del(cluster: MiniCluster) -> None:
     agent = cluster.start_agent(n1)
     wait_for(lambda: n1.endpoints_map() == {}, what="the deleted pod's entries to go")
     assert n1.link_pins() == {"from_network@sl-vxlan", "from_network@uplink0", "from_host@sl-host",
-                              "to_network@uplink0", "prefilter_xdp@uplink0"}
+                              "to_network@uplink0"}
     # One log line says what changed: +added ~changed (for links: adopted) -removed.
-    assert "endpoints -2, links ~5 -1" in agent.log_text()
+    assert "endpoints -2, links ~4 -1" in agent.log_text()
     b = n1.add_pod("b")
     agent.wait_reconciled(lambda s: len(s["endpoints"]) == 1, what="pod b's endpoint")
     assert flows(b, c)
@@ -161,7 +160,7 @@ def test_uninstall_removes_what_the_agent_made(cluster: MiniCluster) -> None:
          "--pin-dir", n1.pin_dir, "--cni-state-dir", str(n1.state_dir), "--uninstall"],
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "links: 6 detached and unpinned" in result.stdout
+    assert "links: 5 detached and unpinned" in result.stdout
     assert not os.path.exists(n1.pin_dir)
     assert n1.tcx_programs(pod.host_ifname) == []
     links = netlink_names(n1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 
+from sluice.compile import services
 from sluice.compile.lbstate import BackendRef, lb_state
 from sluice.compile.services import (
     NODE_PORT_RANGE,
@@ -14,8 +15,8 @@ from sluice.compile.services import (
     service_table,
 )
 from sluice.datapath.lb import LbFlags
-from sluice.datastore import ClusterState
-from sluice.model import Service, parse_text
+from sluice.datastore import Change, ChangeKind, ClusterState, ResourceKey
+from sluice.model import EndpointSlice, Service, parse_text
 from tests.compile.helpers import N1, N2
 
 IP = ip_address
@@ -211,3 +212,19 @@ def test_lb_state_slots_backends_and_flags() -> None:
     assert api.service_id == lbs.frontends[Frontend(IP("198.19.0.20"), 443, "TCP")].service_id, \
         "affinity is per service port, whichever frontend the client used"
     assert BackendRef(IP("198.18.16.5"), 8443, "TCP") in lbs.backends
+
+
+def test_a_table_after_a_change_equals_one_compiled_from_scratch() -> None:
+    """Services whose objects did not change keep their plans from the last table; the
+    result must be what a fresh compile gives."""
+    before = state(PODS, WEB, SLICES)
+    service_table(before, "n1")
+    moved = parse_text(SLICES.replace("198.18.16.5", "198.18.16.9"), "moved.yaml").resources
+    changes = [Change(ChangeKind.MODIFIED, ResourceKey.of(r), r, 2) for r in moved
+               if isinstance(r, EndpointSlice)]
+    after = before.with_changes(changes)
+    remembered = service_table(after, "n1")
+    services._remembered.clear()
+    fresh = service_table(after, "n1")
+    assert remembered == fresh
+    assert remembered != service_table(before, "n1")

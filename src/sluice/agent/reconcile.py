@@ -133,7 +133,9 @@ class Reconciler:
             lbs = lb_state(service_table(state, self.config.node), self.config.lb)
             problems += lbs.problems
             changes.kinds.update(sync_lb(node_object.lb, lbs).kinds)
-            links = sync_links(self.config.pins, node_object.programs, desired_attachments(bpf),
+            links = sync_links(self.config.pins, node_object.programs,
+                               desired_attachments(
+                                   bpf, prefilter=policy.filters_before_the_stack),
                                synced.ifindexes)
             changes["links"] = links.changes
             problems += links.problems

@@ -59,7 +59,8 @@ def run_agent(config: AgentConfig) -> int:
     try:
         while loop.is_alive():
             received = signal.sigtimedwait(STOP_SIGNALS, 1.0)
-            if received is not None:
+            # A wait interrupted by another signal may report signal 0: not a stop.
+            if received is not None and received.si_signo in STOP_SIGNALS:
                 log.info("%s: stopping; pinned maps and links stay, the datapath keeps "
                          "forwarding", signal.Signals(received.si_signo).name)
                 break

@@ -75,14 +75,16 @@ class Attachment:
         return f"{self.program} on {self.hook_name} of {self.ifname}"
 
 
-def desired_attachments(state: BpfState) -> frozenset[Attachment]:
+def desired_attachments(state: BpfState, *, prefilter: bool) -> frozenset[Attachment]:
+    """PREFILTER: the uplink's XDP program has something to judge."""
     wanted = {Attachment("from_endpoint", ifname) for ifname in state.endpoint_devices}
     wanted |= {Attachment("from_network", ifname) for ifname in state.network_devices}
     wanted.add(Attachment("from_host", state.host_device))
     if state.uplink:
         # Host endpoint policy of what leaves, and the prefilter before the stack.
-        wanted |= {Attachment("to_network", state.uplink),
-                   Attachment("prefilter_xdp", state.uplink)}
+        wanted.add(Attachment("to_network", state.uplink))
+        if prefilter:
+            wanted.add(Attachment("prefilter_xdp", state.uplink))
     return frozenset(wanted)
 
 

@@ -80,7 +80,10 @@ def plan_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
     SAME says whether an existing value already is what is wanted; MERGE builds the value
     to write over an existing one (to carry datapath-owned fields such as counters).
     """
-    actual = {bytes(key): (key, value) for key, value in bpf_map.lookup_batch()}
+    # Compared as bytes, decoded only where they differ: most of a large map is unchanged.
+    actual = bpf_map.lookup_batch_raw()
+    key_type: Any = bpf_map.key_type
+    value_type: Any = bpf_map.value_type
     changes = Changes()
     writes: list[tuple[K, V]] = []
     for raw, (key, value) in wanted.items():
@@ -88,12 +91,17 @@ def plan_map(bpf_map: Map[K, V], wanted: Mapping[bytes, tuple[K, V]], *,
         if current is None:
             changes.added += 1
             writes.append((key, value))
-        elif same(current[1], value):
+            continue
+        if current == bytes(value):  # identical bytes are the same entry by any measure
+            changes.unchanged += 1
+            continue
+        old = value_type.from_buffer_copy(current)
+        if same(old, value):
             changes.unchanged += 1
         else:
             changes.changed += 1
-            writes.append((key, merge(current[1], value) if merge else value))
-    stale = [key for raw, (key, _) in actual.items() if raw not in wanted]
+            writes.append((key, merge(old, value) if merge else value))
+    stale = [key_type.from_buffer_copy(raw) for raw in actual if raw not in wanted]
     changes.removed = len(stale)
     return MapPlan(writes, stale, changes)
 

@@ -9,6 +9,8 @@ one endpoint change rewrites only the entries that hold it.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from sluice.apply.diff import ChangeLog
 from sluice.compile.lbstate import BackendRef, LbState
 from sluice.datapath import lb
 from sluice.loader.maps import Map
+from sluice.model.addresses import IPAddress
 
 MAX_BACKEND_ID = 2**32 - 1
 
@@ -29,6 +32,18 @@ class LbMaps:
     source_ranges: Map[lb.LbSourceKey, Any]
 
 
+# Map keys and values by address, port and protocol: building them parses the address
+# as text, and the same frontends and backends come back every reconcile.
+@functools.lru_cache(maxsize=1 << 16)
+def _frontend_bytes(address: IPAddress, port: int, protocol: str) -> bytes:
+    return bytes(lb.LbKey.of(address, port, protocol))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _backend_bytes(address: IPAddress, port: int, protocol: str) -> bytes:
+    return bytes(lb.LbBackend.of(address, port, protocol))
+
+
 def _same(old: Any, new: Any) -> bool:
     return bytes(old) == bytes(new)
 
@@ -37,10 +52,14 @@ def _order(ref: BackendRef) -> tuple[int, int, int, str]:
     return ref.address.version, int(ref.address), ref.port, ref.protocol
 
 
-def backend_ids(current: list[tuple[Any, lb.LbBackend]],
-                wanted: frozenset[BackendRef]) -> dict[BackendRef, int]:
-    """Ids for WANTED: the id a backend already has, else the lowest free one."""
-    by_bytes = {bytes(lb.LbBackend.of(b.address, b.port, b.protocol)): b for b in wanted}
+def backend_ids(current: list[tuple[Any, lb.LbBackend | bytes]],
+                wanted: frozenset[BackendRef],
+                entries: Mapping[BackendRef, lb.LbBackend] | None = None
+                ) -> dict[BackendRef, int]:
+    """Ids for WANTED: the id a backend already has, else the lowest free one. ENTRIES
+    may give each wanted backend's map value, already built."""
+    built = entries or {b: lb.LbBackend.of(b.address, b.port, b.protocol) for b in wanted}
+    by_bytes = {bytes(built[b]): b for b in wanted}
     ids: dict[BackendRef, int] = {}
     for key, value in current:
         ref = by_bytes.get(bytes(value))
@@ -60,14 +79,19 @@ def backend_ids(current: list[tuple[Any, lb.LbBackend]],
 
 def sync_lb(maps: LbMaps, state: LbState) -> ChangeLog:
     log = ChangeLog()
-    current = maps.backends.lookup_batch()
-    ids = backend_ids(current, state.backends)
+    raw_backends = maps.backends.lookup_batch_raw()
+    current: list[tuple[Any, lb.LbBackend | bytes]] = [
+        (lb.BackendId.from_buffer_copy(key), value) for key, value in raw_backends.items()]
+    wanted = state.backends
+    values = {ref: lb.LbBackend.from_buffer_copy(_backend_bytes(ref.address, ref.port,
+                                                                ref.protocol))
+              for ref in wanted}
+    ids = backend_ids(current, wanted, values)
     backend_entries = {
-        bytes(key): (key, value) for key, value in (
-            (lb.BackendId(ident), lb.LbBackend.of(ref.address, ref.port, ref.protocol))
-            for ref, ident in ids.items())
+        bytes(key): (key, values[ref]) for key, ref in (
+            (lb.BackendId(ident), ref) for ref, ident in ids.items())
     }
-    current_keys = {bytes(key) for key, _ in current}
+    current_keys = raw_backends.keys()
     # Add (never remove) backends first: the frontends written below name them.
     additions = {raw: entry for raw, entry in backend_entries.items() if raw not in current_keys}
     maps.backends.update_batch(additions.values())
@@ -87,11 +111,12 @@ def sync_lb(maps: LbMaps, state: LbState) -> ChangeLog:
 
     services: dict[bytes, tuple[lb.LbKey, lb.LbValue]] = {}
     for frontend, entry in state.frontends.items():
-        address, port, protocol = frontend.address, frontend.port, frontend.protocol
+        key = lb.LbKey.from_buffer_copy(_frontend_bytes(frontend.address, frontend.port,
+                                                        frontend.protocol))
         for slot, ref in enumerate(entry.backends, start=1):
-            key = lb.LbKey.of(address, port, protocol, slot)
-            services[bytes(key)] = (key, lb.LbValue.slot(ids[ref]))
-        key = lb.LbKey.of(address, port, protocol)
+            slot_key = lb.LbKey.from_buffer_copy(key)  # parsing the address once is enough
+            slot_key.slot = slot
+            services[bytes(slot_key)] = (slot_key, lb.LbValue.slot(ids[ref]))
         services[bytes(key)] = (key, lb.LbValue.service(
             entry.service_id, len(entry.backends), entry.flags, entry.affinity_timeout,
             entry.maglev_id))

@@ -47,6 +47,9 @@ FIXED_CHAINS = frozenset({SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ, FILTER_SE
 TABLES = ("nat", "filter")
 FAMILIES = (4, 6)
 TOOL_TIMEOUT = 30.0
+LINES_PER_SECOND = 2000.0
+"""A restore of a large ruleset gets a second more per this many input lines: at 10,000
+Services iptables-restore alone can take longer than TOOL_TIMEOUT on a busy machine."""
 LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (legacy backend)
 
 _PORTALS = '-m comment --comment "sluice service portals"'
@@ -148,13 +151,14 @@ def family_supported(version: int) -> bool:
 
 def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     # The child is forked by this thread, so it runs in this thread's network namespace.
+    timeout = TOOL_TIMEOUT + (stdin.count("\n") / LINES_PER_SECOND if stdin else 0.0)
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=TOOL_TIMEOUT, check=False)
+                              timeout=timeout, check=False)
     except FileNotFoundError as err:
         raise ApplyError(f"{argv[0]} is not installed: {err}") from None
     except subprocess.TimeoutExpired:
-        raise ApplyError(f"{argv[0]} did not finish within {TOOL_TIMEOUT:.0f} s") from None
+        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
 
 
 def read_table(version: int, table: str) -> TableDump:

@@ -169,3 +169,11 @@ class PolicyState:
     failsafe: tuple[FailsafePort, ...] = ()
     prefilter_deny: tuple[IPNetwork, ...] = ()  # XDP CIDR deny list of this node's uplink
     problems: tuple[str, ...] = ()
+
+    @property
+    def filters_before_the_stack(self) -> bool:
+        """Whether the uplink's XDP program has anything to judge: a deny list or a
+        doNotTrack host endpoint policy. XDP on a veth turns off its peer's segmentation
+        offload, so it is attached only then."""
+        return bool(self.prefilter_deny) or any(
+            Direction.UNTRACKED in e.directions for e in self.endpoints if e.host_endpoint)

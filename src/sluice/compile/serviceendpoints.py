@@ -29,7 +29,7 @@ class ServiceEndpoint:
 def service_endpoints(state: ClusterState, service: Service,
                       port: ServicePort) -> tuple[ServiceEndpoint, ...]:
     """Every endpoint of PORT of SERVICE, whatever its condition, sorted."""
-    slices = _slices_of(state, service)
+    slices = slices_of(state, service)
     if slices:
         found = {e for s in slices for e in _from_slice(s, port)}
     elif service.spec.selector:
@@ -43,9 +43,19 @@ def _sort_key(endpoint: ServiceEndpoint) -> tuple[int, int, int]:
     return (endpoint.address.version, int(endpoint.address), endpoint.port)
 
 
-def _slices_of(state: ClusterState, service: Service) -> tuple[EndpointSlice, ...]:
-    return tuple(s for s in state.endpoint_slices(service.namespace)
-                 if s.service_name == service.name and s.address_type != "FQDN")
+def slices_of(state: ClusterState, service: Service) -> tuple[EndpointSlice, ...]:
+    """SERVICE's EndpointSlices (FQDN ones left out), in listing order."""
+    return state.derived(_slices_by_service).get((service.namespace, service.name), ())
+
+
+def _slices_by_service(state: ClusterState) -> dict[tuple[str, str], tuple[EndpointSlice, ...]]:
+    """Every non-FQDN EndpointSlice by (namespace, service name), in listing order."""
+    found: dict[tuple[str, str], list[EndpointSlice]] = {}
+    for endpoint_slice in state.endpoint_slices():
+        name = endpoint_slice.service_name
+        if name is not None and endpoint_slice.address_type != "FQDN":
+            found.setdefault((endpoint_slice.namespace, name), []).append(endpoint_slice)
+    return {key: tuple(slices) for key, slices in found.items()}
 
 
 def _from_slice(endpoint_slice: EndpointSlice, port: ServicePort) -> Iterable[ServiceEndpoint]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import ip_network
 
-from sluice.compile.serviceendpoints import ServiceEndpoint, service_endpoints
+from sluice.compile.serviceendpoints import ServiceEndpoint, service_endpoints, slices_of
 from sluice.datastore.state import ClusterState
 from sluice.model import Node, Service
 from sluice.model.addresses import IPAddress, IPNetwork
@@ -66,24 +66,59 @@ class ServiceTable:
         return next((p for p in self.plans if p.frontend == frontend), None)
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """One Service's plans and what they were made from (objects compared by identity:
+    the datastore shares unchanged objects between states, and they are immutable)."""
+
+    objects: tuple[object, ...]
+    node_ports: tuple[int | None, ...]
+    plans: tuple[ServicePlan, ...]
+
+    def still(self, objects: tuple[object, ...], node_ports: tuple[int | None, ...]) -> bool:
+        return (len(objects) == len(self.objects) and node_ports == self.node_ports
+                and all(a is b for a, b in zip(objects, self.objects, strict=True)))
+
+
+_remembered: dict[str, dict[tuple[str, str], _Remembered]] = {}
+"""By node: the last table's plans per Service, so that a change recompiles only the
+Services it touched."""
+
+
 def service_table(state: ClusterState, node_name: str) -> ServiceTable:
     node = next((n for n in state.nodes() if n.name == node_name), None)
     node_ips = _node_ips(node)
     node_ports = node_port_allocation(state.services())
     plans: list[ServicePlan] = []
     problems: list[str] = []
+    last = _remembered.get(node_name, {})
+    remembered: dict[tuple[str, str], _Remembered] = {}
     for service in state.services():
         if service.spec.type == "ExternalName" or service.spec.is_headless:
             continue
         if not service.spec.cluster_ip_addresses:
             problems.append(f"Service {service.namespace}/{service.name} has no clusterIP; "
                             "only its external frontends are programmed")
+        name = (service.namespace, service.name)
+        slices = slices_of(state, service)
+        ports = tuple(node_ports.get((*name, index)) for index in range(len(service.spec.ports)))
+        # Endpoints derived from pods (no slices, a selector) depend on every pod: not kept.
+        objects = (service, node, *slices) if slices or not service.spec.selector else None
+        earlier = last.get(name)
+        if objects is not None and earlier is not None and earlier.still(objects, ports):
+            plans.extend(earlier.plans)
+            remembered[name] = earlier
+            continue
+        made: list[ServicePlan] = []
         for index, port in enumerate(service.spec.ports):
             endpoints = service_endpoints(state, service, port)
-            node_port = node_ports.get((service.namespace, service.name, index))
-            for scope, address, number in _frontends(service, port, node_port, node_ips):
-                plans.append(_plan(service, port, Frontend(address, number, port.protocol),
-                                   scope, endpoints=endpoints, node_name=node_name))
+            for scope, address, number in _frontends(service, port, ports[index], node_ips):
+                made.append(_plan(service, port, Frontend(address, number, port.protocol),
+                                  scope, endpoints=endpoints, node_name=node_name))
+        plans.extend(made)
+        if objects is not None:
+            remembered[name] = _Remembered(objects, ports, tuple(made))
+    _remembered[node_name] = remembered
     plans.sort(key=lambda p: (p.frontend.address.version, int(p.frontend.address),
                               p.frontend.port, p.frontend.protocol))
     return ServiceTable(tuple(plans), tuple(problems))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
+from sluice.datastore.fastparse import parse_faultless
 from sluice.model import ManifestProblem, Resource, parse_text
 from sluice.model.loader import MANIFEST_SUFFIXES
 
@@ -78,6 +79,11 @@ def parse_manifest(path: str, data: bytes) -> Parsed:
     except UnicodeDecodeError as err:
         message = f"not UTF-8 text: byte {err.start} cannot be decoded"
         return Parsed(None, (ManifestProblem(path, None, "", "", message),))
+    faultless = parse_faultless(text, path)
+    if faultless is not None:
+        fast = {ResourceKey.of(resource): resource for resource in faultless}
+        if len(fast) == len(faultless):
+            return Parsed(fast)
     result = parse_text(text, path)
     definitions: Definitions = {}
     problems = list(result.problems)

@@ -14,6 +14,9 @@ def to_manifest(resource: Resource) -> dict[str, Any]:
     return resource.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True)
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
+
 def to_yaml(resource: Resource) -> str:
     """One YAML document that parses back to a resource equal to `resource`."""
-    return yaml.safe_dump(to_manifest(resource), sort_keys=False, default_flow_style=False)
+    return yaml.dump(to_manifest(resource), Dumper=_DUMPER, sort_keys=False,
+                     default_flow_style=False)

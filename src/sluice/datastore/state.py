@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
 from sluice.model import (
@@ -20,6 +20,7 @@ from sluice.model import (
 )
 
 R = TypeVar("R", bound=Resource)
+T = TypeVar("T")
 
 _Names = dict[str, Resource]
 _Namespaces = dict[str, _Names]
@@ -35,7 +36,7 @@ class ClusterState:
     tuples sorted by (namespace, name) and cache them.
     """
 
-    __slots__ = ("_index", "_listings", "_revision", "_size")
+    __slots__ = ("_derived", "_index", "_listings", "_revision", "_size")
 
     def __init__(self, resources: Iterable[Resource] = (), revision: int = 0) -> None:
         index: _Index = {}
@@ -46,6 +47,7 @@ class ClusterState:
         self._revision = revision
         self._size = sum(len(names) for spaces in index.values() for names in spaces.values())
         self._listings: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
+        self._derived: dict[Callable[[ClusterState], Any], Any] = {}
 
     @classmethod
     def _from_index(cls, index: _Index, revision: int, size: int) -> ClusterState:
@@ -54,6 +56,7 @@ class ClusterState:
         state._revision = revision
         state._size = size
         state._listings = {}
+        state._derived = {}
         return state
 
     @property
@@ -109,6 +112,15 @@ class ClusterState:
             )
             self._listings[cache_key] = listing
         return listing
+
+    def derived(self, compute: Callable[[ClusterState], T]) -> T:
+        """`compute(self)`, worked out once per state (a state never changes): for
+        indexes that compilers share, such as EndpointSlices by Service."""
+        try:
+            return cast(T, self._derived[compute])
+        except KeyError:
+            value = self._derived[compute] = compute(self)
+            return value
 
     def of_kind(self, cls: type[R], namespace: str | None = None) -> tuple[R, ...]:
         """The objects of the model class `cls`, in one namespace or in all of them."""

@@ -205,16 +205,23 @@ class Map(Generic[K, V]):
 
     def lookup_batch(self) -> list[tuple[K, V]]:
         """All entries, in batches where the map type allows, else by iteration."""
+        return [(self._k.from_buffer_copy(key), self._v.from_buffer_copy(value))
+                for key, value in self.lookup_batch_raw().items()]
+
+    def lookup_batch_raw(self) -> dict[bytes, bytes]:
+        """All entries as key bytes -> value bytes, without an object per entry (for
+        comparing large maps; decode with key_type/value_type.from_buffer_copy)."""
         if self.percpu:
             raise TypeError(f"map {self.name} is per-CPU")
+        ksize, vsize = self.meta.key_size, self.meta.value_size
         chunk = max(1, min(self.meta.max_entries, 4096))
-        keys = (self._k * chunk)()
-        values = (self._v * chunk)()
+        keys = ctypes.create_string_buffer(ksize * chunk)
+        values = ctypes.create_string_buffer(vsize * chunk)
         # The batch cursor is opaque; generic maps write a whole key into it.
-        in_batch = ctypes.create_string_buffer(max(self.meta.key_size, 8))
-        out_batch = ctypes.create_string_buffer(max(self.meta.key_size, 8))
+        in_batch = ctypes.create_string_buffer(max(ksize, 8))
+        out_batch = ctypes.create_string_buffer(max(ksize, 8))
         opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
-        result: list[tuple[K, V]] = []
+        found: dict[bytes, bytes] = {}
         first = True
         while True:
             count = ctypes.c_uint32(chunk)
@@ -222,19 +229,15 @@ class Map(Generic[K, V]):
                 self.fd, None if first else in_batch, out_batch,
                 keys, values, ctypes.byref(count), ctypes.byref(opts))
             if first and ret in (-errno.EINVAL, -ENOTSUPP, -errno.EOPNOTSUPP):
-                return list(self.items())
+                return {bytes(key): bytes(value) for key, value in self.items()}
             if ret not in (0, -errno.ENOENT):
                 check(ret, f"batch-reading map {self.name}")
-            # Slices of the raw arrays: indexing an array of a simple type yields an int.
-            key_bytes, value_bytes = bytes(keys), bytes(values)
-            ksize, vsize = ctypes.sizeof(self._k), ctypes.sizeof(self._v)
-            result.extend(
-                (self._k.from_buffer_copy(key_bytes[i * ksize:(i + 1) * ksize]),
-                 self._v.from_buffer_copy(value_bytes[i * vsize:(i + 1) * vsize]))
-                for i in range(count.value)
-            )
+            key_bytes, value_bytes = keys.raw, values.raw
+            for i in range(count.value):
+                found[key_bytes[i * ksize:(i + 1) * ksize]] = \
+                    value_bytes[i * vsize:(i + 1) * vsize]
             if ret == -errno.ENOENT:
-                return result
+                return found
             ctypes.memmove(in_batch, out_batch, len(out_batch))
             first = False
 

@@ -1,0 +1,1 @@
+"""`sluice bench`: the bpf dataplane against the iptables one, side by side in one run."""

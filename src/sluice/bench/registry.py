@@ -1,0 +1,15 @@
+"""The benchmarks `sluice bench` knows, in the order they run."""
+
+from __future__ import annotations
+
+from sluice.bench import controlplane, pktcost, servicescale, traffic, xdpdrop
+from sluice.bench.benchmark import Benchmark
+
+
+def benchmarks() -> list[Benchmark]:
+    return [*pktcost.BENCHMARKS, *traffic.BENCHMARKS, *xdpdrop.BENCHMARKS,
+            *servicescale.BENCHMARKS, *controlplane.BENCHMARKS]
+
+
+def by_name() -> dict[str, Benchmark]:
+    return {b.name: b for b in benchmarks()}
