@@ -52,22 +52,19 @@ def _order(ref: BackendRef) -> tuple[int, int, int, str]:
     return ref.address.version, int(ref.address), ref.port, ref.protocol
 
 
-def backend_ids(current: list[tuple[Any, lb.LbBackend | bytes]],
-                wanted: frozenset[BackendRef],
-                entries: Mapping[BackendRef, lb.LbBackend] | None = None
+def backend_ids(current: Mapping[int, bytes], wanted: Mapping[BackendRef, bytes]
                 ) -> dict[BackendRef, int]:
-    """Ids for WANTED: the id a backend already has, else the lowest free one. ENTRIES
-    may give each wanted backend's map value, already built."""
-    built = entries or {b: lb.LbBackend.of(b.address, b.port, b.protocol) for b in wanted}
-    by_bytes = {bytes(built[b]): b for b in wanted}
+    """Ids for WANTED (each backend's map value): the id CURRENT (id -> value in the map)
+    already gives it, else the lowest free one."""
+    by_bytes = {value: ref for ref, value in wanted.items()}
     ids: dict[BackendRef, int] = {}
-    for key, value in current:
-        ref = by_bytes.get(bytes(value))
+    for ident, value in current.items():
+        ref = by_bytes.get(value)
         if ref is not None and ref not in ids:
-            ids[ref] = int(key.value)
+            ids[ref] = ident
     used = set(ids.values())
     next_id = 1
-    for ref in sorted(wanted - ids.keys(), key=_order):
+    for ref in sorted(wanted.keys() - ids.keys(), key=_order):
         while next_id in used:
             next_id += 1
         if next_id > MAX_BACKEND_ID:
@@ -80,13 +77,12 @@ def backend_ids(current: list[tuple[Any, lb.LbBackend | bytes]],
 def sync_lb(maps: LbMaps, state: LbState) -> ChangeLog:
     log = ChangeLog()
     raw_backends = maps.backends.lookup_batch_raw()
-    current: list[tuple[Any, lb.LbBackend | bytes]] = [
-        (lb.BackendId.from_buffer_copy(key), value) for key, value in raw_backends.items()]
-    wanted = state.backends
-    values = {ref: lb.LbBackend.from_buffer_copy(_backend_bytes(ref.address, ref.port,
-                                                                ref.protocol))
-              for ref in wanted}
-    ids = backend_ids(current, wanted, values)
+    current = {int(lb.BackendId.from_buffer_copy(key).value): value
+               for key, value in raw_backends.items()}
+    wanted = {ref: _backend_bytes(ref.address, ref.port, ref.protocol)
+              for ref in state.backends}
+    ids = backend_ids(current, wanted)
+    values = {ref: lb.LbBackend.from_buffer_copy(raw) for ref, raw in wanted.items()}
     backend_entries = {
         bytes(key): (key, values[ref]) for key, ref in (
             (lb.BackendId(ident), ref) for ref, ident in ids.items())

@@ -179,13 +179,17 @@ class BenchLab:
 
     # processes
 
-    def command(self, place: str, argv: Sequence[str], cpu: int | None = None) -> list[str]:
-        """ARGV run in PLACE's namespace and cgroup, pinned to CPU when given."""
+    def _entered(self, place: str, argv: Sequence[str], cpu: int | None) -> tuple[list[str], str]:
+        """(ARGV entering PLACE's namespace, pinned to CPU when given; PLACE's cgroup)."""
         where = self.place(place)
         pinned = ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
-        return procs.in_cgroup(cgroups.create(where.cgroup),
-                               ["nsenter", f"--net={netns.netns_path(where.netns)}", "--",
-                                *pinned])
+        return (["nsenter", f"--net={netns.netns_path(where.netns)}", "--", *pinned],
+                cgroups.create(where.cgroup))
+
+    def command(self, place: str, argv: Sequence[str], cpu: int | None = None) -> list[str]:
+        """ARGV run in PLACE's namespace and cgroup, pinned to CPU when given."""
+        entered, cgroup = self._entered(place, argv, cpu)
+        return procs.in_cgroup(cgroup, entered)
 
     def run(self, place: str, argv: Sequence[str], *, cpu: int | None = None,
             timeout: float = RUN_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -203,11 +207,8 @@ class BenchLab:
         READY_PORT, wait until something listens on that TCP port in PLACE."""
         role = role or f"bench {argv[0]} in {place}"
         log = self.workdir / f"{role.replace(' ', '_').replace('/', '_')}.log"
-        where = self.place(place)
-        pinned = ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
-        record = procs.spawn(["nsenter", f"--net={netns.netns_path(where.netns)}", "--",
-                              *pinned], role=role, log=log,
-                             cgroup_path=cgroups.create(where.cgroup))
+        entered, cgroup = self._entered(place, argv, cpu)
+        record = procs.spawn(entered, role=role, log=log, cgroup_path=cgroup)
         process = Background(record)
         self._started.append(process)
         if ready_port is not None:

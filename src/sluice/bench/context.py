@@ -62,13 +62,20 @@ class BenchContext:
                 label: str = "") -> tuple[Samples, Samples]:
         """MEASURE on each dataplane's lab REPEATS times, alternating bpf and iptables."""
         values: dict[str, list[float]] = {d: [] for d in DATAPLANES}
-        for round_ in range(repeats or self.repeats):
-            for dataplane in DATAPLANES if round_ % 2 == 0 else reversed(DATAPLANES):
-                values[dataplane].append(measure(self.lab(dataplane)))
-            if label:
+        for round_, dataplane in rounds(repeats or self.repeats):
+            values[dataplane].append(measure(self.lab(dataplane)))
+            if label and len(values["bpf"]) == len(values["iptables"]):
                 self.say(f"{label}: round {round_ + 1}: bpf {values['bpf'][-1]:.4g}, "
                          f"iptables {values['iptables'][-1]:.4g}")
         return Samples.of(values["bpf"]), Samples.of(values["iptables"])
+
+
+def rounds(repeats: int) -> Iterator[tuple[int, str]]:
+    """(round, dataplane) REPEATS times over both dataplanes, alternating which goes
+    first, so drift on a shared machine hits both alike."""
+    for round_ in range(repeats):
+        for dataplane in DATAPLANES if round_ % 2 == 0 else tuple(reversed(DATAPLANES)):
+            yield round_, dataplane
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 
 from sluice.bench.benchlab import BenchLab, resources
 from sluice.bench.benchmark import Benchmark
-from sluice.bench.context import DATAPLANES, BenchContext
+from sluice.bench.context import DATAPLANES, BenchContext, rounds
 from sluice.bench.cpuclock import process_cpu_seconds, process_rss_bytes
 from sluice.bench.result import BenchRow, Samples, Target, bpf_at_most, ratio_at_most
 from sluice.bench.scaleobjects import endpoint_slice, services
@@ -246,13 +246,6 @@ def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False) -> Iterator[
 # --- the benchmarks -----------------------------------------------------------------------
 
 
-def _rounds(ctx: BenchContext, repeats: int) -> Iterator[tuple[int, str]]:
-    """(round, dataplane), alternating which dataplane goes first, as ctx.compare does."""
-    for round_ in range(repeats):
-        for dataplane in DATAPLANES if round_ % 2 == 0 else tuple(reversed(DATAPLANES)):
-            yield round_, dataplane
-
-
 @contextlib.contextmanager
 def _failure_noted(ctx: BenchContext, dataplane: str, failures: dict[str, str]
                    ) -> Iterator[None]:
@@ -279,7 +272,7 @@ def run_sync(ctx: BenchContext) -> list[BenchRow]:
     changes = ctx.repeats
     started = time.monotonic()
     failures: dict[str, str] = {}
-    for round_, dataplane in _rounds(ctx, full_rounds):
+    for round_, dataplane in rounds(full_rounds):
         lab = ctx.lab(dataplane)
         if dataplane in failures:
             continue
@@ -332,7 +325,7 @@ def run_agent_mem(ctx: BenchContext) -> list[BenchRow]:
     rss: dict[str, list[float]] = {d: [] for d in DATAPLANES}
     idle: dict[str, float] = {}
     failures: dict[str, str] = {}
-    for _, dataplane in _rounds(ctx, 1):
+    for _, dataplane in rounds(1):
         lab = ctx.lab(dataplane)
         pid = lab.agent_pid(NODE)
         idle[dataplane] = process_rss_bytes(pid) / MIB
