@@ -7,6 +7,7 @@
 #include "services.h"
 #include "dsr.h"
 #include "policy.h"
+#include "events.h"
 
 /* A program's working memory: the stack (512 bytes, shared with every function it
  * calls) cannot hold the parsed packet, the service result and the policy's state. */
@@ -41,6 +42,9 @@ static __always_inline struct node_scratch *begin(struct __sk_buff *skb, int *pa
 		return NULL;
 	__builtin_memset(&s->pkt, 0, sizeof(s->pkt));
 	__builtin_memset(&s->res, 0, sizeof(s->res));
+	s->policy.drop_reason = 0;
+	s->policy.new_flow = 0;
+	s->policy.rule_id = 0;
 	/* The headers parsing may read, in the linear part. A packet shorter than that is
 	 * linear anyway (the pull would fail harmlessly); one whose headers already are
 	 * needs no helper call (writes make the packet writable themselves). */
@@ -124,21 +128,92 @@ static __always_inline int refuse(struct __sk_buff *skb, struct node_scratch *s,
 	return ret;
 }
 
-/* tc ingress of a pod's host-side veth: everything the pod sends. */
-SEC("tc")
-int from_endpoint(struct __sk_buff *skb)
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* A flow's first packet or its end: what flow events show of forwarded traffic. */
+static __always_inline bool flow_edge(const struct node_scratch *s)
 {
-	struct node_scratch *s;
-	int parsed, verdict, outcome;
+	__u8 flags = s->pkt.tcp_flags;
+
+	if (s->pkt.l4_proto == IPPROTO_TCP)
+		return (flags & (TCP_FIN | TCP_RST)) || (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	return s->pkt.new_flow || s->policy.new_flow;
+}
+
+/* Global, so the event's type stays in the object's BTF for the agent to check. */
+__noinline int describe(struct sl_flow_event *event, struct __sk_buff *skb,
+			const struct node_scratch *s, __u32 hook, __u32 reason)
+{
+	const struct sl_packet *pkt;
+
+	if (!event || !skb || !s)
+		return 0;
+	pkt = &s->pkt;
+
+	event->src = pkt->saddr;
+	event->sport = pkt->sport;
+	if (s->res.frontend_port) {
+		/* Translated: the frontend the client asked for, and the backend it got. */
+		event->dst = s->res.frontend;
+		event->dport = s->res.frontend_port;
+		event->nat_addr = pkt->daddr;
+		event->nat_port = pkt->dport;
+		event->backend_id = s->res.backend_id;
+	} else {
+		event->dst = pkt->daddr;
+		event->dport = pkt->dport;
+	}
+	event->proto = pkt->l4_proto;
+	event->family = pkt->family;
+	event->verdict = reason ? SL_VERDICT_DROPPED : SL_VERDICT_FORWARDED;
+	event->reason = reason;
+	event->hook = hook;
+	event->tcp_flags = pkt->tcp_flags;
+	event->ifindex = skb->ifindex;
+	event->rule_id = s->policy.rule_id;
+	event->bytes = skb->len;
+	return 0;
+}
+
+/* Every packet a hook decided: counted by hook and drop reason; drops and the edges of
+ * forwarded flows go to the agent as flow events. Returns RET, the hook's verdict. */
+__noinline int observe(struct __sk_buff *skb, struct node_scratch *s, __u32 hook, int ret)
+{
+	struct sl_flow_event *event;
+	__u8 reason;
+
+	if (!skb || !s)
+		return ret;
+	reason = s->pkt.drop_reason ?: s->res.reason ?: s->policy.drop_reason;
+	if (!reason && ret == TC_ACT_SHOT)
+		reason = SL_DROP_UNKNOWN;
+	datapath_count(hook, reason, skb->len);
+	if (!reason && !flow_edge(s))
+		return ret;
+	if (!events_admit(reason ? SL_EVENTS_DROPS : SL_EVENTS_FLOWS, sl_now(&s->pkt.now)))
+		return ret;
+	event = events_reserve(s->pkt.now);
+	if (!event)
+		return ret;
+	describe(event, skb, s, hook, reason);
+	events_submit(event);
+	return ret;
+}
+
+/* What from_endpoint does with a parsed packet. */
+static __always_inline int endpoint_sends(struct __sk_buff *skb, struct node_scratch *s,
+					  int parsed)
+{
+	int verdict, outcome;
 	bool judged;
 
-	s = begin(skb, &parsed);
-	if (!s)
+	if (parsed == SL_PARSE_MALFORMED) {
+		s->pkt.drop_reason = SL_DROP_MALFORMED;
 		return TC_ACT_SHOT;
-	if (parsed == SL_PARSE_NOT_IP)
-		return TC_ACT_OK;
-	if (parsed == SL_PARSE_MALFORMED)
-		return TC_ACT_SHOT;
+	}
 	judged = policy_begin(skb, &s->policy, &s->pkt, POLICY_AT_ENDPOINT);
 	verdict = svc_translate(skb, &s->pkt, &s->res);
 	if (verdict == SVC_DONE)
@@ -153,6 +228,21 @@ int from_endpoint(struct __sk_buff *skb)
 	return deliver_answered(skb, &s->pkt, &s->res, verdict);
 }
 
+/* tc ingress of a pod's host-side veth: everything the pod sends. */
+SEC("tc")
+int from_endpoint(struct __sk_buff *skb)
+{
+	struct node_scratch *s;
+	int parsed;
+
+	s = begin(skb, &parsed);
+	if (!s)
+		return TC_ACT_SHOT;
+	if (parsed == SL_PARSE_NOT_IP)
+		return TC_ACT_OK;
+	return observe(skb, s, SL_HOOK_FROM_ENDPOINT, endpoint_sends(skb, s, parsed));
+}
+
 /* tc egress of the node's host device (sl-host): the host's own packets to pod CIDRs are
  * routed onto it, so the node reaches its pods without a host route per pod. */
 SEC("tc")
@@ -162,14 +252,20 @@ int from_host(struct __sk_buff *skb)
 	int parsed, outcome;
 
 	s = begin(skb, &parsed);
-	if (!s || parsed != SL_PARSE_OK)
+	if (!s)
 		return TC_ACT_SHOT;
+	if (parsed != SL_PARSE_OK) {
+		s->pkt.drop_reason = SL_DROP_MALFORMED;
+		return observe(skb, s, SL_HOOK_FROM_HOST, TC_ACT_SHOT);
+	}
 	if (policy_begin(skb, &s->policy, &s->pkt, POLICY_AT_HOST)) {
 		outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
 		if (outcome != POLICY_PASS)
-			return refuse(skb, s, outcome, POLICY_AT_HOST);
+			return observe(skb, s, SL_HOOK_FROM_HOST,
+				       refuse(skb, s, outcome, POLICY_AT_HOST));
 	}
-	return route_and_deliver(skb, &s->pkt, HOOK_EGRESS, false);
+	return observe(skb, s, SL_HOOK_FROM_HOST,
+		       route_and_deliver(skb, &s->pkt, HOOK_EGRESS, false));
 }
 
 /* A backend on another node for a flow from outside: through the tunnel, marked so that
@@ -181,15 +277,16 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct sl_packe
 	struct route_entry *route = route_lookup(&pkt->daddr);
 
 	if (!route || route->kind == ROUTE_LOCAL_PODS)
-		return TC_ACT_SHOT;
+		return sl_dropping(pkt, TC_ACT_SHOT, SL_DROP_NO_ENDPOINT);
 	if (res->flags & CT_F_DSR) {
 		if (dsr_add(skb, pkt, &res->frontend, res->frontend_port) < 0)
-			return TC_ACT_SHOT;
+			return sl_dropping(pkt, TC_ACT_SHOT, SL_DROP_ENCAP);
 		return route_and_deliver(skb, pkt, HOOK_INGRESS, false);
 	}
 	if (!route->ifindex)
 		return route_and_deliver(skb, pkt, HOOK_INGRESS, false);
-	return deliver_tunnel(skb, route->ifindex, &route->next_hop, service_vni);
+	return sl_dropping(pkt, deliver_tunnel(skb, route->ifindex, &route->next_hop, service_vni),
+			   SL_DROP_ENCAP);
 }
 
 /* A host interface's view of a packet arriving on it, before service translation: a
@@ -211,25 +308,19 @@ static __always_inline int police_arrival(struct __sk_buff *skb, struct node_scr
 	return outcome == POLICY_PASS ? POLICY_UNKNOWN : outcome;
 }
 
-/* tc ingress of the tunnel device and the uplink: service traffic from outside and from
- * other nodes, and delivery to local pods. */
-SEC("tc")
-int from_network(struct __sk_buff *skb)
+/* What from_network does with a parsed packet. */
+static __always_inline int network_sends(struct __sk_buff *skb, struct node_scratch *s)
 {
 	struct endpoint_info *ep;
-	struct node_scratch *s;
-	int parsed, carried, verdict, outcome = POLICY_UNKNOWN;
+	int carried, verdict, outcome = POLICY_UNKNOWN;
 	bool judged;
 
-	s = begin(skb, &parsed);
-	if (!s || parsed != SL_PARSE_OK)
-		return TC_ACT_OK;
 	s->res.dsr_ok = 1;
 	__builtin_memset(&s->origin, 0, sizeof(s->origin));
 	s->origin_port = 0;
 	carried = dsr_take(skb, &s->pkt, &s->origin, &s->origin_port);
 	if (carried < 0)
-		return TC_ACT_SHOT;
+		return sl_dropping(&s->pkt, TC_ACT_SHOT, SL_DROP_MALFORMED);
 	if (carried > 0) {
 		if (endpoint_lookup(&s->pkt.daddr))
 			svc_note_forwarded(&s->pkt, CT_REPLY_SNAT, &s->origin, s->origin_port, NULL, 0);
@@ -262,7 +353,8 @@ int from_network(struct __sk_buff *skb)
 	if (verdict == SVC_FORWARD) {
 		ep = endpoint_lookup(&s->pkt.daddr);
 		if (ep)
-			return deliver_local(skb, ep, HOOK_INGRESS);
+			return sl_dropping(&s->pkt, deliver_local(skb, ep, HOOK_INGRESS),
+					   SL_DROP_DELIVER);
 		return forward_remote(skb, &s->pkt, &s->res);
 	}
 	if (verdict != SVC_NONE)
@@ -270,7 +362,21 @@ int from_network(struct __sk_buff *skb)
 	ep = endpoint_lookup(&s->pkt.daddr);
 	if (!ep)
 		return TC_ACT_OK;
-	return deliver_local(skb, ep, HOOK_INGRESS);
+	return sl_dropping(&s->pkt, deliver_local(skb, ep, HOOK_INGRESS), SL_DROP_DELIVER);
+}
+
+/* tc ingress of the tunnel device and the uplink: service traffic from outside and from
+ * other nodes, and delivery to local pods. */
+SEC("tc")
+int from_network(struct __sk_buff *skb)
+{
+	struct node_scratch *s;
+	int parsed;
+
+	s = begin(skb, &parsed);
+	if (!s || parsed != SL_PARSE_OK)
+		return TC_ACT_OK;
+	return observe(skb, s, SL_HOOK_FROM_NETWORK, network_sends(skb, s));
 }
 
 /* tc egress of the uplink: what leaves a host interface, the host's own packets
@@ -294,8 +400,8 @@ int to_network(struct __sk_buff *skb)
 	s->policy.here.out_ifindex = skb->ifindex;
 	outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
 	if (outcome != POLICY_PASS)
-		return refuse(skb, s, outcome, POLICY_AT_UPLINK);
-	return TC_ACT_OK;
+		return observe(skb, s, SL_HOOK_TO_NETWORK, refuse(skb, s, outcome, POLICY_AT_UPLINK));
+	return observe(skb, s, SL_HOOK_TO_NETWORK, TC_ACT_OK);
 }
 
 char LICENSE[] SEC("license") = "GPL";

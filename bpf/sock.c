@@ -3,6 +3,7 @@
  * recvmsg and getpeername turn the backend back into the service for the application. */
 #include "common.h"
 #include "lb.h"
+#include "events.h"
 
 #define ECONNREFUSED 111
 
@@ -54,8 +55,43 @@ static __always_inline void set_ctx_addr(struct bpf_sock_addr *ctx, int family,
 	ctx->user_port = port;
 }
 
+/* A service connect or send, translated to BACKEND (or refused without one), with the
+ * process that made it. */
+static __always_inline void sock_event(struct bpf_sock_addr *ctx, int family, __u8 hook,
+				       const union sl_addr *frontend, __be16 port, __u8 proto,
+				       const struct lb_backend *backend, __u32 backend_id)
+{
+	__u8 reason = backend ? 0 : SL_DROP_NO_BACKEND;
+	struct sl_flow_event *event;
+	__u64 now = bpf_ktime_get_ns();
+
+	datapath_count(hook, reason, 0);
+	if (!events_admit(backend ? SL_EVENTS_SOCK : SL_EVENTS_DROPS, now))
+		return;
+	event = events_reserve(now);
+	if (!event)
+		return;
+	event->dst = *frontend;
+	event->dport = port;
+	if (backend) {
+		event->nat_addr = backend->addr;
+		event->nat_port = backend->port;
+		event->backend_id = backend_id;
+	}
+	event->proto = proto;
+	event->family = family;
+	event->verdict = backend ? SL_VERDICT_TRANSLATED : SL_VERDICT_DROPPED;
+	event->reason = reason;
+	event->hook = hook;
+	event->pid = bpf_get_current_pid_tgid() >> 32;
+	event->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	events_submit(event);
+}
+
 /* 1: let the call proceed (translated or not); 0: refuse it. */
-static __always_inline int translate_to_backend(struct bpf_sock_addr *ctx, int family)
+static __always_inline int translate_to_backend(struct bpf_sock_addr *ctx, int family,
+						__u8 hook)
 {
 	struct sock_rev_value frontend = {};
 	struct sock_rev_key rev = {};
@@ -73,6 +109,7 @@ static __always_inline int translate_to_backend(struct bpf_sock_addr *ctx, int f
 		return 1;
 	backend = lb_select(&addr, port, proto, svc, bpf_get_netns_cookie(ctx),
 			    (__u32)bpf_get_socket_cookie(ctx), &backend_id);
+	sock_event(ctx, family, hook, &addr, port, proto, backend, backend_id);
 	if (!backend) {
 		/* No endpoints: fail at once instead of letting the client time out. */
 		bpf_set_retval(-ECONNREFUSED);
@@ -102,16 +139,28 @@ static __always_inline int translate_to_frontend(struct bpf_sock_addr *ctx, int 
 }
 
 SEC("cgroup/connect4")
-int sock_connect4(struct bpf_sock_addr *ctx) { return translate_to_backend(ctx, 4); }
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return translate_to_backend(ctx, 4, SL_HOOK_SOCK_CONNECT);
+}
 
 SEC("cgroup/connect6")
-int sock_connect6(struct bpf_sock_addr *ctx) { return translate_to_backend(ctx, 6); }
+int sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return translate_to_backend(ctx, 6, SL_HOOK_SOCK_CONNECT);
+}
 
 SEC("cgroup/sendmsg4")
-int sock_sendmsg4(struct bpf_sock_addr *ctx) { return translate_to_backend(ctx, 4); }
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate_to_backend(ctx, 4, SL_HOOK_SOCK_SENDMSG);
+}
 
 SEC("cgroup/sendmsg6")
-int sock_sendmsg6(struct bpf_sock_addr *ctx) { return translate_to_backend(ctx, 6); }
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return translate_to_backend(ctx, 6, SL_HOOK_SOCK_SENDMSG);
+}
 
 SEC("cgroup/recvmsg4")
 int sock_recvmsg4(struct bpf_sock_addr *ctx) { return translate_to_frontend(ctx, 4); }

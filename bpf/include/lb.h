@@ -150,6 +150,24 @@ static __always_inline __u32 lb_flow_hash(const union sl_addr *client, __be16 po
 	return sl_mix32(h ^ ((__u32)port << 8) ^ proto);
 }
 
+/* Per-CPU: new flows (and socket connects) each backend was chosen for, by backend id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} lb_selections SEC(".maps");
+
+static __always_inline void lb_count_selection(__u32 id)
+{
+	__u64 one = 1, *count = bpf_map_lookup_elem(&lb_selections, &id);
+
+	if (count)
+		(*count)++;
+	else
+		bpf_map_update_elem(&lb_selections, &id, &one, BPF_NOEXIST);
+}
+
 /* Pick a backend for a new flow to the frontend ADDR:PORT/PROTO (its slot 0 is SVC):
  * the remembered one under ClientIP affinity while it still exists, else by Maglev or
  * at random. CLIENT keys the affinity; HASH feeds Maglev. */
@@ -176,6 +194,7 @@ static __always_inline struct lb_backend *lb_select(const union sl_addr *addr, _
 			if (backend) {
 				remembered->last_used_ns = now;
 				*backend_id = id;
+				lb_count_selection(id);
 				return backend;
 			}
 		}
@@ -201,6 +220,7 @@ static __always_inline struct lb_backend *lb_select(const union sl_addr *addr, _
 	if (!backend)
 		return NULL;
 	*backend_id = id;
+	lb_count_selection(id);
 	if (svc->flags & LB_F_AFFINITY) {
 		fresh.last_used_ns = now;
 		fresh.backend_id = id;

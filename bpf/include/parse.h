@@ -15,7 +15,8 @@ struct sl_packet {
 	__be16 dport;
 	__u8 icmp_type; /* ICMP and ICMPv6 */
 	__u8 tcp_flags; /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
-	__u8 pad[2];
+	__u8 drop_reason; /* enum sl_drop_reason: why the hook drops it (0: it does not) */
+	__u8 new_flow;    /* a flow table learned this flow from this packet */
 	__u64 now;      /* sl_now()'s cache: 0 until a flow table needs the time */
 };
 

@@ -7,6 +7,7 @@
 #define SLUICE_POLICY_H
 
 #include "common.h"
+#include "events.h"
 
 /* Identities below 256 are reserved; 0 never names a peer (in a policy key it means any). */
 enum policy_identity {
@@ -367,7 +368,11 @@ struct policy_scratch {
 	struct policy_event event;
 	__u32 bytes;
 	__u8 skip_prednat;       /* AT_NETWORK: preDNAT policy was judged before translation */
-	__u8 pad[3];
+	__u8 drop_reason;        /* enum sl_drop_reason of a refused packet */
+	__u8 new_flow;           /* the flow was recorded from this packet */
+	__u8 pad;
+	__u32 rule_id;           /* the rule of the last decision (0: none) */
+	__u32 pad2;
 };
 
 enum policy_outcome {
@@ -489,8 +494,10 @@ __noinline int policy_decide(struct policy_scratch *s)
 	if (!global || global->action == POL_PASS)
 		decider = policy_best(q, TIER_KUBERNETES);
 	verdict = decider && decider->action == POL_DENY ? POL_DENY : POL_ALLOW;
-	if (decider)
+	if (decider) {
 		__sync_fetch_and_add(&decider->flows, 1);
+		s->rule_id = decider->rule_id;
+	}
 
 	logged = policy_best(q, TIER_LOG);
 	if (logged && (!global || logged->rank < global->rank)) {
@@ -613,6 +620,7 @@ __noinline int policy_prednat(struct policy_scratch *s)
 	if (policy_check(s, s->here.in_ifindex, POL_PREDNAT, &s->key.src, 0,
 			 s->here.orig_dport) == POL_DENY) {
 		policy_count(POLICY_DROP_DENIED, s->bytes);
+		s->drop_reason = SL_DROP_POLICY_DENIED;
 		return POLICY_DROP;
 	}
 	s->skip_prednat = 1;
@@ -698,6 +706,7 @@ __noinline int policy_enforce(struct policy_scratch *s, __u32 create, __u64 now)
 		verdict = policy_judge(s, s->here.hooks);
 		if (verdict == POL_DENY) {
 			policy_count(POLICY_DROP_DENIED, s->bytes);
+			s->drop_reason = SL_DROP_POLICY_DENIED;
 			return POLICY_DROP;
 		}
 		if (verdict == POL_ALLOW) {
@@ -707,6 +716,7 @@ __noinline int policy_enforce(struct policy_scratch *s, __u32 create, __u64 now)
 			s->flow.packets = 1;
 			bpf_map_update_elem(&policy_flows, &s->key, &s->flow, BPF_ANY);
 			policy_count(POLICY_PASS_NEW_FLOW, s->bytes);
+			s->new_flow = 1;
 		}
 		return POLICY_PASS;
 	}
@@ -728,10 +738,12 @@ __noinline int policy_enforce(struct policy_scratch *s, __u32 create, __u64 now)
 		if (verdict != POL_DENY)
 			return POLICY_PASS;
 		policy_count(POLICY_DROP_FLOW_CUT, s->bytes);
+		s->drop_reason = SL_DROP_POLICY_CUT;
 		return was == POL_DENY ? POLICY_DROP : POLICY_CUT;
 	}
 	if (flow->verdict == POL_DENY) {
 		policy_count(POLICY_DROP_FLOW_CUT, s->bytes);
+		s->drop_reason = SL_DROP_POLICY_CUT;
 		return POLICY_DROP;
 	}
 	if (fresh_hooks) {
@@ -739,6 +751,7 @@ __noinline int policy_enforce(struct policy_scratch *s, __u32 create, __u64 now)
 		if (policy_judge(s, fresh_hooks) == POL_DENY) {
 			flow->verdict = POL_DENY;
 			policy_count(POLICY_DROP_DENIED, s->bytes);
+			s->drop_reason = SL_DROP_POLICY_DENIED;
 			return POLICY_DROP;
 		}
 	}

@@ -49,6 +49,39 @@ static __always_inline enum prefilter_action prefilter_cidr(const struct sl_pack
 	return entry->action;
 }
 
+/* Count the packet, and tell the agent of a drop (REASON) as a flow event. */
+static __always_inline enum prefilter_action prefilter_verdict(const struct sl_packet *pkt,
+							       __u8 reason, __u32 ifindex,
+							       __u32 bytes)
+{
+	struct sl_flow_event *event;
+	__u64 now;
+
+	datapath_count(SL_HOOK_PREFILTER, reason, bytes);
+	if (!reason)
+		return PREFILTER_PASS;
+	now = bpf_ktime_get_ns();
+	if (!events_admit(SL_EVENTS_DROPS, now))
+		return PREFILTER_DROP;
+	event = events_reserve(now);
+	if (!event)
+		return PREFILTER_DROP;
+	event->src = pkt->saddr;
+	event->dst = pkt->daddr;
+	event->sport = pkt->sport;
+	event->dport = pkt->dport;
+	event->proto = pkt->l4_proto;
+	event->family = pkt->family;
+	event->verdict = SL_VERDICT_DROPPED;
+	event->reason = reason;
+	event->hook = SL_HOOK_PREFILTER;
+	event->tcp_flags = pkt->tcp_flags;
+	event->ifindex = ifindex;
+	event->bytes = bytes;
+	events_submit(event);
+	return PREFILTER_DROP;
+}
+
 /* In order: the CIDR deny list, then the failsafe inbound ports, then the doNotTrack
  * policy of IFINDEX (the interface the packet arrived on). */
 static __always_inline enum prefilter_action prefilter_decide(void *data, void *data_end,
@@ -61,12 +94,15 @@ static __always_inline enum prefilter_action prefilter_decide(void *data, void *
 	if (parsed == SL_PARSE_NOT_IP)
 		return PREFILTER_PASS;
 	if (parsed == SL_PARSE_MALFORMED)
-		return prefilter_pass_malformed ? PREFILTER_PASS : PREFILTER_DROP;
+		return prefilter_verdict(&pkt, prefilter_pass_malformed ? 0 : SL_DROP_MALFORMED,
+					 ifindex, bytes);
 	if (prefilter_cidr(&pkt, bytes) == PREFILTER_DROP) {
 		policy_count(POLICY_DROP_PREFILTER, bytes);
-		return PREFILTER_DROP;
+		return prefilter_verdict(&pkt, SL_DROP_PREFILTER, ifindex, bytes);
 	}
-	return policy_untracked(&pkt, ifindex, bytes) == POL_DENY ? PREFILTER_DROP : PREFILTER_PASS;
+	if (policy_untracked(&pkt, ifindex, bytes) == POL_DENY)
+		return prefilter_verdict(&pkt, SL_DROP_UNTRACKED, ifindex, bytes);
+	return prefilter_verdict(&pkt, 0, ifindex, bytes);
 }
 
 #endif

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "parse.h"
 #include "endpoints.h"
+#include "events.h"
 
 #define TC_ACT_REDIRECT 7
 #define AF_INET 2
@@ -119,8 +120,10 @@ static __always_inline int deliver_native(struct __sk_buff *skb, struct sl_packe
 	}
 	/* A forwarding lookup from the pod's veth: needs forwarding on in the node. */
 	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
-	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS) {
+		pkt->drop_reason = SL_DROP_FIB;
 		return TC_ACT_SHOT;
+	}
 	if (pkt->family == 4) {
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = fib.ipv4_dst;
@@ -138,6 +141,14 @@ static __always_inline struct route_entry *route_lookup(const union sl_addr *add
 	return bpf_map_lookup_elem(&routes, &key);
 }
 
+/* RET, with REASON recorded in PKT when RET drops the packet. */
+static __always_inline int sl_dropping(struct sl_packet *pkt, int ret, __u8 reason)
+{
+	if (ret == TC_ACT_SHOT && !pkt->drop_reason)
+		pkt->drop_reason = reason;
+	return ret;
+}
+
 /* Where does a packet for pkt->daddr go? Local pods first, then the route table; an
  * address outside both is the host's business (OUTSIDE_VIA_FIB: forward it ourselves). */
 static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_packet *pkt,
@@ -147,7 +158,7 @@ static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_pa
 	struct route_entry *route;
 
 	if (ep)
-		return deliver_local(skb, ep, side);
+		return sl_dropping(pkt, deliver_local(skb, ep, side), SL_DROP_DELIVER);
 
 	route = route_lookup(&pkt->daddr);
 	if (!route)
@@ -156,12 +167,14 @@ static __always_inline int route_and_deliver(struct __sk_buff *skb, struct sl_pa
 
 	switch (route->kind) {
 	case ROUTE_REMOTE_TUNNEL:
-		return deliver_tunnel(skb, route->ifindex, &route->next_hop, tunnel_vni);
+		return sl_dropping(pkt, deliver_tunnel(skb, route->ifindex, &route->next_hop,
+						       tunnel_vni), SL_DROP_ENCAP);
 	case ROUTE_REMOTE_NATIVE:
 		return deliver_native(skb, pkt);
 	case ROUTE_LOCAL_PODS:
 	default:
 		/* A pod address we have no endpoint for: nobody is there. */
+		pkt->drop_reason = SL_DROP_NO_ENDPOINT;
 		return TC_ACT_SHOT;
 	}
 }

@@ -12,6 +12,7 @@
 #include "nat.h"
 #include "lb.h"
 #include "reject.h"
+#include "events.h"
 
 enum svc_verdict {
 	SVC_NONE = 0,    /* not service traffic */
@@ -25,10 +26,14 @@ struct svc_result {
 	int ret;
 	__u8 flags;     /* enum ct_flags of the forward leg */
 	__u8 dsr_ok;    /* in: from the network, so a remote backend's node may answer */
+	__u8 reason;    /* SVC_DONE: enum sl_drop_reason when the packet is not forwarded */
+	__u8 pad;
 	__u32 ifindex;  /* SVC_RETURN: the tunnel device */
 	union sl_addr peer;     /* SVC_RETURN: the forwarding node */
 	union sl_addr frontend; /* SVC_FORWARD: what the client asked for (for DSR) */
 	__be16 frontend_port;
+	__u16 pad2;
+	__u32 backend_id; /* SVC_FORWARD: the backend chosen */
 };
 
 static __always_inline bool is_icmp_error(struct sl_packet *pkt)
@@ -168,6 +173,7 @@ static __always_inline int svc_known(struct __sk_buff *skb, struct sl_packet *pk
 	switch (entry->kind) {
 	case CT_DNAT:
 		res->flags = entry->flags;
+		res->backend_id = entry->backend_id;
 		res->frontend = key->dst;
 		res->frontend_port = key->dport;
 		if (nat_rewrite(skb, pkt, NAT_DST, &nat_addr, nat_port) < 0)
@@ -191,6 +197,7 @@ static __always_inline int svc_known(struct __sk_buff *skb, struct sl_packet *pk
 	return SVC_NONE;
 drop:
 	res->ret = TC_ACT_SHOT;
+	res->reason = SL_DROP_NAT;
 	return SVC_DONE;
 }
 
@@ -210,6 +217,7 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 		return SVC_NONE;
 	if (!lb_source_allowed(svc, &pkt->saddr)) {
 		res->ret = TC_ACT_SHOT;
+		res->reason = SL_DROP_SOURCE_RANGE;
 		return SVC_DONE;
 	}
 	backend = lb_select(&pkt->daddr, pkt->dport, pkt->l4_proto, svc,
@@ -217,7 +225,13 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 			    lb_flow_hash(&pkt->saddr, pkt->sport, pkt->l4_proto), &backend_id);
 	if (!backend) {
 		/* Traffic policy Local without a local backend: not ours to answer. */
-		res->ret = svc->flags & LB_F_LOCAL_ONLY ? TC_ACT_SHOT : reject(skb, pkt);
+		if (svc->flags & LB_F_LOCAL_ONLY) {
+			res->ret = TC_ACT_SHOT;
+			res->reason = SL_DROP_NO_LOCAL_BACKEND;
+		} else {
+			res->ret = reject(skb, pkt);
+			res->reason = SL_DROP_NO_BACKEND;
+		}
 		return SVC_DONE;
 	}
 	backend_addr = backend->addr;
@@ -228,8 +242,14 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 		flags |= CT_F_DSR;
 	if (sl_addr_eq(&backend_addr, &pkt->saddr))
 		flags |= CT_F_HAIRPIN;
-	ct_create(key, CT_DNAT, flags, &backend_addr, backend_port, backend_id, NULL, 0,
-		  sl_now(&pkt->now));
+	if (ct_create(key, CT_DNAT, flags, &backend_addr, backend_port, backend_id, NULL, 0,
+		      sl_now(&pkt->now)) < 0) {
+		res->ret = TC_ACT_SHOT;
+		res->reason = SL_DROP_CT_INSERT;
+		return SVC_DONE;
+	}
+	pkt->new_flow = 1;
+	res->backend_id = backend_id;
 	if (!(flags & CT_F_DSR)) {
 		/* A hairpinned flow comes back to the frontend address, from the backend. */
 		ct_key_of(&reply, &backend_addr,
@@ -245,6 +265,7 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 	    (flags & CT_F_HAIRPIN &&
 	     nat_rewrite(skb, pkt, NAT_SRC, &res->frontend, pkt->sport) < 0)) {
 		res->ret = TC_ACT_SHOT;
+		res->reason = SL_DROP_NAT;
 		return SVC_DONE;
 	}
 	return SVC_FORWARD;

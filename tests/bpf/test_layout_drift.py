@@ -6,6 +6,7 @@ project's Makefile, then opens the result with the unchanged Python layouts.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from sluice.datapath import conntrack as ct
 from sluice.datapath import endpoints as ep
+from sluice.datapath import events as ev
 from sluice.datapath import lb
 from sluice.datapath import policy as pol
 from sluice.datapath import routing as rt
@@ -149,3 +151,18 @@ def test_conntrack_drift_is_refused(tmp_path: Path) -> None:
         obj.load()
         with pytest.raises(LayoutMismatchError):
             obj.map(ct.MAP_NAME, ct.CtKey, ct.CtEntry)
+
+
+@pytest.mark.parametrize("obj_name", ["node", "sock", "prefilter"])
+def test_flow_event_layouts_match_every_object_that_sends_them(obj_name: str) -> None:
+    """Every object writes the same ring buffer from the same header: its configuration and
+    counters must be the layouts the agent writes and reads (the record: below)."""
+    with BpfObject.open(obj_name) as obj:
+        obj.verify_map_layout(ev.CONFIG_MAP, ctypes.c_uint32, ev.EventsConfig)
+        obj.verify_map_layout(ev.COUNTERS_MAP, ctypes.c_uint32, ev.DatapathCounter)
+
+
+def test_flow_event_record_layout_matches_the_built_object() -> None:
+    with BpfObject.open("node") as obj:
+        verify_layout(obj.btf, obj.btf.find("sl_flow_event", BtfKind.STRUCT), ev.FlowEvent,
+                      "flow_events record")

@@ -110,8 +110,14 @@ def test_endpoints_and_counters_decode(lab: Lab) -> None:
     counters = dump(lab, "counters")
     assert {"drop_denied", "pass_new_flow", "drop_prefilter"} <= set(counters["policy"])
     assert counters["routeHits"] >= 1
+    forwarded = {c["hook"]: c["packets"] for c in counters["datapath"] if c["reason"] == "none"}
+    assert forwarded["from_endpoint"] >= 1 and forwarded["from_network"] >= 1
+    assert set(counters["flowEvents"]) == {"sent", "lost_ring_full", "rate_limited",
+                                           "sampled_out"}
+    assert counters["flowEvents"]["sent"] >= 1
     text = ok(sluice("bpf", "counters", "--lab", lab.name, "--node", "node1")).stdout
     assert "policy drop_denied" in text and "route hits" in text
+    assert "from_endpoint forwarded" in text and "flow events sent" in text
 
 
 def test_bad_input_is_refused_with_the_reason() -> None:

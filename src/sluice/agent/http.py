@@ -1,9 +1,10 @@
-"""The agent's HTTP endpoints: /healthz, /metrics, /state, /policy."""
+"""The agent's HTTP endpoints: /healthz, /metrics, /state, /policy, /flows."""
 
 from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -13,9 +14,12 @@ from urllib.parse import parse_qs
 
 from sluice.agent import metrics
 from sluice.agent.config import AgentConfig
+from sluice.agent.flowlog import FlowLog
+from sluice.agent.nfguard import MetricFamily
 from sluice.agent.reconcile import RouteHits
 from sluice.agent.stateview import state_document
 from sluice.agent.status import AgentStatus
+from sluice.observe.flows import FilterError, FlowFilter
 from sluice.observe.policyview import endpoint_document, find_endpoint
 
 log = logging.getLogger("sluice.agent.http")
@@ -26,6 +30,9 @@ class _Server(ThreadingHTTPServer):
     config: AgentConfig
     status: AgentStatus
     route_hits: Callable[[], list[RouteHits]]
+    flow_log: FlowLog | None
+    netfilter: Callable[[], list[MetricFamily]]
+    stopping: threading.Event
 
 
 class _Server6(_Server):
@@ -48,16 +55,69 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError as err:
                 log.warning("reading route hit counters: %s", err)
                 hits = []
-            body = metrics.render(self.server.config, self.server.status.view(), hits)
+            view = self.server.status.view()
+            body = metrics.render(self.server.config, view, hits,
+                                  metrics.datapath_stats(self.server.config, view),
+                                  self.server.netfilter())
             self._send(200, metrics.CONTENT_TYPE, body)
         elif path == "/state":
             doc = state_document(self.server.config, self.server.status.view())
             self._send(200, "application/json", json.dumps(doc, indent=2) + "\n")
         elif path == "/policy":
             self._policy(parse_qs(query).get("endpoint", [""])[0])
+        elif path == "/flows":
+            self._flows(parse_qs(query))
         else:
             self._send(404, "text/plain; charset=utf-8",
-                       "not found: try /healthz, /metrics, /state or /policy\n")
+                       "not found: try /healthz, /metrics, /state, /policy or /flows\n")
+
+    def _flows(self, query: dict[str, list[str]]) -> None:
+        """/flows?last=N&follow=1&FILTER=VALUE...: the node's flows as JSON lines."""
+        flow_log = self.server.flow_log
+        if flow_log is None or self.server.config.dataplane.value != "bpf":
+            self._send(404, "text/plain; charset=utf-8",
+                       "flows come from the bpf datapath; this agent runs the "
+                       f"{self.server.config.dataplane.value} dataplane\n")
+            return
+        try:
+            flow_filter = FlowFilter.from_query(query)
+            last = query.get("last", ["20"])[0]
+            if not last.isdigit():
+                raise FilterError(f"last {last!r}: expected a number of flows")
+        except FilterError as err:
+            self._send(400, "text/plain; charset=utf-8", f"{err}\n")
+            return
+        follow = query.get("follow", ["0"])[0] in ("1", "true", "yes")
+        lines = [json.dumps(f.to_json()) + "\n" for f in flow_log.last(int(last), flow_filter)]
+        if not follow:
+            self._send(200, "application/x-ndjson", "".join(lines))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.write("".join(lines).encode())
+            self.wfile.flush()
+            for flow in flow_log.follow(flow_filter, self.server.stopping):
+                if flow is None:
+                    if self._peer_left():
+                        return
+                    continue
+                self.wfile.write((json.dumps(flow.to_json()) + "\n").encode())
+                self.wfile.flush()
+        except OSError:
+            return
+
+    def _peer_left(self) -> bool:
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+        except OSError:
+            return True
 
     def _policy(self, name: str) -> None:
         """/policy: the endpoints policy knows; /policy?endpoint=NS/POD: one of them."""
@@ -91,13 +151,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 class AgentHttpServer:
     def __init__(self, config: AgentConfig, status: AgentStatus,
-                 route_hits: Callable[[], list[RouteHits]]) -> None:
+                 route_hits: Callable[[], list[RouteHits]], *,
+                 flow_log: FlowLog | None = None,
+                 netfilter: Callable[[], list[MetricFamily]] = list) -> None:
         host, port = config.listen
         server_class = _Server6 if ":" in host else _Server
         self._server = server_class((host, port), _Handler)
         self._server.config = config
         self._server.status = status
         self._server.route_hits = route_hits
+        self._server.flow_log = flow_log
+        self._server.netfilter = netfilter
+        self._server.stopping = threading.Event()
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2}, name="http", daemon=True)
 
@@ -105,6 +170,7 @@ class AgentHttpServer:
         self._thread.start()
 
     def stop(self) -> None:
+        self._server.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -8,7 +8,7 @@ import threading
 import time
 
 from sluice.agent.reconcile import ReconcileOutcome, Reconciler
-from sluice.agent.status import AgentStatus
+from sluice.agent.status import AgentStatus, trigger_of
 from sluice.agent.triggers import Trigger
 from sluice.compile.topology import UnknownNodeError
 
@@ -60,15 +60,16 @@ class ReconcileLoop:
         try:
             outcome = self._reconciler.run()
         except UnknownNodeError as err:
-            return self._failed(f"{err} (yet); waiting for it{self._datastore_hint()}", started)
+            return self._failed(f"{err} (yet); waiting for it{self._datastore_hint()}", started,
+                                reasons)
         except Exception as err:  # the agent must outlive any bad input
             log.debug("reconcile failed", exc_info=True)
-            return self._failed(f"{type(err).__name__}: {err}", started)
+            return self._failed(f"{type(err).__name__}: {err}", started, reasons)
         self._succeeded(outcome, reasons)
         return self._resync_interval
 
     def _succeeded(self, outcome: ReconcileOutcome, reasons: set[str]) -> None:
-        self._status.record_success(outcome)
+        self._status.record_success(outcome, trigger_of(reasons))
         if outcome.changes.any:
             log.info("reconciled revision %d in %.0f ms (%s): %s", outcome.desired.revision,
                      outcome.duration * 1000, _why(reasons), outcome.changes.summary())
@@ -77,8 +78,9 @@ class ReconcileLoop:
                       outcome.desired.revision, outcome.duration * 1000)
         self._log_problems(outcome.problems)
 
-    def _failed(self, reason: str, started: float) -> float:
-        failures = self._status.record_failure(reason, time.monotonic() - started)
+    def _failed(self, reason: str, started: float, reasons: set[str]) -> float:
+        failures = self._status.record_failure(reason, time.monotonic() - started,
+                                               trigger_of(reasons))
         backoff = min(BACKOFF_FIRST * 2.0 ** min(failures - 1, 16), BACKOFF_MAX)
         log.warning("reconcile failed (%d in a row; retrying in %.1f s): %s", failures, backoff,
                     reason)

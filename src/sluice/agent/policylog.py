@@ -5,16 +5,13 @@ ring buffer; this thread writes each as one line of the agent's log (logger
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 
 from sluice.compile.failsafe import PROTOCOL_NAMES
 from sluice.datapath import policy as dp
-from sluice.loader.ringbuf import RingBuffer
+from sluice.loader.ringbuf import RingBufferReader
 
 log = logging.getLogger("sluice.policy")
-
-POLL_MS = 200
 
 
 def event_line(event: dp.PolicyEvent, origins: Mapping[int, str]) -> str:
@@ -30,27 +27,20 @@ def event_line(event: dp.PolicyEvent, origins: Mapping[int, str]) -> str:
 class PolicyLogReader:
     """Reads the ring buffer at MAP_FD on its own thread until stopped."""
 
-    def __init__(self, map_fd: int, origins: Callable[[], Mapping[int, str]]) -> None:
+    def __init__(self, map_fd: int, origins: Callable[[], Mapping[int, str]],
+                 on_event: Callable[[dp.PolicyEvent], None] | None = None) -> None:
         self._origins = origins
-        self._ring = RingBuffer(map_fd, self._record)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="policy-log", daemon=True)
+        self._on_event = on_event
+        self._reader = RingBufferReader(map_fd, self._record, name="policy-log")
 
     def start(self) -> None:
-        self._thread.start()
+        self._reader.start()
 
     def _record(self, record: bytes) -> None:
-        log.info("%s", event_line(dp.PolicyEvent.parse(record), self._origins()))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._ring.poll(POLL_MS)
-            except (OSError, ValueError) as err:
-                log.warning("reading policy events: %s", err)
-                self._stop.wait(1.0)
+        event = dp.PolicyEvent.parse(record)
+        log.info("%s", event_line(event, self._origins()))
+        if self._on_event is not None:
+            self._on_event(event)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2 * POLL_MS / 1000 + 1)
-        self._ring.close()
+        self._reader.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from sluice.agent.config import AgentConfig
+from sluice.agent.flowlog import FlowLog, FlowReader
+from sluice.agent.flownames import flow_names
 from sluice.agent.policylog import PolicyLogReader
 from sluice.agent.records import live_records
 from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
@@ -17,6 +20,7 @@ from sluice.apply.bpfmaps import sync_endpoints, sync_routes
 from sluice.apply.cgrouplinks import sync_cgroup_links
 from sluice.apply.diff import ChangeLog, Changes
 from sluice.apply.errors import ApplyError
+from sluice.apply.flowevents import write_events_config
 from sluice.apply.kernel import apply_kernel_state
 from sluice.apply.lbmaps import sync_lb
 from sluice.apply.links import device_holding, ifindexes, read_links
@@ -32,12 +36,14 @@ from sluice.compile.kernelstate import KernelState, kernel_state
 from sluice.compile.lbstate import lb_state
 from sluice.compile.policy import policy_state, rule_origins
 from sluice.compile.policytypes import PolicyState
-from sluice.compile.services import service_table
+from sluice.compile.services import ServiceTable, service_table
 from sluice.compile.topology import Dataplane, NodeView, RoutingMode, node_view
+from sluice.datapath import events as ev
 from sluice.datapath.policy import EVENTS_MAP
 from sluice.datapath.routing import RouteKind
 from sluice.datastore import ClusterState, Datastore
 from sluice.model.addresses import IPNetwork
+from sluice.observe.flows import Names, logged_flow
 
 log = logging.getLogger("sluice.agent")
 
@@ -57,6 +63,7 @@ class DesiredState:
     bpf: BpfState | None
     attachments: tuple[Attachment, ...]
     policy: PolicyState
+    services: ServiceTable | None = None  # bpf mode: what the load balancer maps hold
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,17 @@ class Reconciler:
     policy_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _policy
     policy_log: PolicyLogReader | None = field(default=None, init=False)
     rule_origins: dict[int, str] = field(default_factory=dict, init=False)
+    flow_log: FlowLog = field(init=False)
+    flow_reader: FlowReader | None = field(default=None, init=False)
+    names: Names = field(default_factory=Names, init=False)
+
+    def __post_init__(self) -> None:
+        self.flow_log = FlowLog(self.config.flow_events.log_size)
 
     def close(self) -> None:
+        if self.flow_reader is not None:
+            self.flow_reader.stop()
+            self.flow_reader = None
         if self.policy_log is not None:
             self.policy_log.stop()
             self.policy_log = None
@@ -117,6 +133,7 @@ class Reconciler:
         problems += policy.problems
         self.rule_origins = rule_origins(policy)
         bpf: BpfState | None = None
+        table: ServiceTable | None = None
         attached: tuple[Attachment, ...] = ()
         if self.config.dataplane is Dataplane.BPF:
             identities = {address: endpoint.identity for endpoint in policy.endpoints
@@ -130,7 +147,8 @@ class Reconciler:
             changes["endpoints"] = sync_endpoints(node_object.endpoints, bpf.endpoints)
             changes["routes"] = sync_routes(node_object.routes, bpf.routes,
                                             synced.ifindexes.get(TUNNEL_DEVICE))
-            lbs = lb_state(service_table(state, self.config.node), self.config.lb)
+            table = service_table(state, self.config.node)
+            lbs = lb_state(table, self.config.lb)
             problems += lbs.problems
             changes.kinds.update(sync_lb(node_object.lb, lbs).kinds)
             links = sync_links(self.config.pins, node_object.programs,
@@ -143,6 +161,7 @@ class Reconciler:
             changes["socket hooks"] = sync_cgroup_links(
                 self.config.pins, node_object.sock_programs, self.config.cgroup,
                 allow_root=self.config.allow_root_cgroup)
+            self.names = flow_names(state, view, policy, table, synced.ifindexes | devices)
         elif os.path.isdir(links_dir(self.config.pins)):
             # Left by an earlier bpf-mode agent: its programs would still steer pod
             # traffic around the host stack this mode relies on.
@@ -151,7 +170,8 @@ class Reconciler:
             changes["socket hooks"] = sync_cgroup_links(self.config.pins, {}, None)
         problems += self._services(state, changes)
         problems += self._policy(policy, changes)
-        desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached, policy)
+        desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached, policy,
+                               table)
         return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
                                 time.monotonic() - started)
 
@@ -210,9 +230,18 @@ class Reconciler:
                 self.config.pins, tunnel_vni=TUNNEL_VNI, service_vni=SERVICE_VNI,
                 maglev_table_size=self.config.lb.maglev_table_size)
             log.info("loaded the node datapath; maps pinned in %s", self.config.pins)
-            self.policy_log = PolicyLogReader(self.node_object.obj.map_fd(EVENTS_MAP),
-                                              lambda: self.rule_origins)
+            self.policy_log = PolicyLogReader(
+                self.node_object.obj.map_fd(EVENTS_MAP), lambda: self.rule_origins,
+                lambda event: self.flow_log.add(logged_flow(event, self.names)))
             self.policy_log.start()
+            options = self.config.flow_events
+            write_events_config(self.node_object.obj.map(ev.CONFIG_MAP, ctypes.c_uint32,
+                                                         ev.EventsConfig),
+                                options.kinds, sample=options.sample,
+                                rate_per_cpu=options.rate_per_cpu)
+            self.flow_reader = FlowReader(self.node_object.obj.map_fd(ev.EVENTS_MAP),
+                                          self.flow_log, lambda: self.names)
+            self.flow_reader.start()
         return self.node_object
 
     def route_hits(self) -> list[RouteHits]:

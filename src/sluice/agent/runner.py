@@ -14,6 +14,7 @@ import threading
 from sluice.agent.config import AgentConfig
 from sluice.agent.http import AgentHttpServer
 from sluice.agent.loop import ReconcileLoop
+from sluice.agent.nfguard import NetfilterGuard
 from sluice.agent.reconcile import Reconciler
 from sluice.agent.status import AgentStatus
 from sluice.agent.triggers import DatastoreWatcher, EndpointSocket, Trigger
@@ -43,7 +44,9 @@ def run_agent(config: AgentConfig) -> int:
     endpoint_socket = EndpointSocket(config.cni_state_dir, trigger, stop)
     try:
         endpoint_socket.open()
-        http = AgentHttpServer(config, status, reconciler.route_hits)
+        guard = NetfilterGuard.install(config)  # before the loop runs any netfilter tool
+        http = AgentHttpServer(config, status, reconciler.route_hits,
+                               flow_log=reconciler.flow_log, netfilter=guard.metric_families)
     except (OSError, RuntimeError) as err:
         endpoint_socket.close()
         datastore.close()
@@ -51,7 +54,7 @@ def run_agent(config: AgentConfig) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     watcher = DatastoreWatcher(datastore, trigger, stop)
     loop = ReconcileLoop(reconciler, status, trigger, stop, config.resync_interval)
-    for part in (loop, watcher, endpoint_socket, http):
+    for part in (guard, loop, watcher, endpoint_socket, http):
         part.start()
     log.info("agent for node %s running: %s dataplane, %s routing, http on %s:%d, CNI socket "
              "%s", config.node, config.dataplane.value, config.routing.value, *config.listen,
@@ -70,6 +73,7 @@ def run_agent(config: AgentConfig) -> int:
         http.stop()
         loop.join(SHUTDOWN_TIMEOUT)
         watcher.join(5.0)
+        guard.stop()
         endpoint_socket.close()
         datastore.close()
         reconciler.close()

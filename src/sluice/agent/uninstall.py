@@ -16,6 +16,7 @@ import os
 from pyroute2 import IPRoute
 
 from sluice.agent.config import AgentConfig
+from sluice.agent.nfblocker import remove_blocker
 from sluice.apply.attachments import links_dir, remove_links
 from sluice.apply.cgrouplinks import cgroup_links_dir, remove_cgroup_links
 from sluice.apply.kernel import remove_kernel_state
@@ -32,6 +33,7 @@ def uninstall(config: AgentConfig) -> list[str]:
     if os.path.isdir(pins):
         report.append(f"links: {remove_links(pins)} detached and unpinned")
         report.append(f"socket hooks: {remove_cgroup_links(pins)} detached and unpinned")
+        report.append(f"netfilter blocker: {remove_blocker(pins)}")
         report.append(f"maps: {remove_maps(pins)} unpinned")
         for directory in (links_dir(pins), cgroup_links_dir(pins), pins):
             with contextlib.suppress(FileNotFoundError):

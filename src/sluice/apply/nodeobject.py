@@ -23,6 +23,7 @@ from sluice.compile.devices import SERVICE_VNI, TUNNEL_VNI
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE
 from sluice.datapath import conntrack as ct
 from sluice.datapath import endpoints as ep
+from sluice.datapath import events as ev
 from sluice.datapath import lb
 from sluice.datapath import policy as pol
 from sluice.datapath import prefilter as pf
@@ -49,8 +50,9 @@ PINNED_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
     (pol.FLOWS_MAP, ct.CtKey, pol.PolicyFlow),
 )
 # Maps without a Python layout: pinned, shared and removed, never read by the agent.
-OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP, pol.COUNTERS_MAP,
-               pol.EVENTS_MAP, "node_scratch")
+OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP, lb.SELECTIONS_MAP,
+               pol.COUNTERS_MAP, pol.EVENTS_MAP, ev.EVENTS_MAP, ev.CONFIG_MAP, ev.STATS_MAP,
+               ev.WINDOW_MAP, ev.COUNTERS_MAP, "node_scratch")
 REMOVE_HINT = "remove this node's pins with `sluice agent --node NODE --uninstall` first"
 
 

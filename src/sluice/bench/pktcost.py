@@ -34,6 +34,7 @@ from sluice.datapath.conntrack import MAP_NAME as CT_MAP
 from sluice.datapath.conntrack import CtEntry, CtFlags, CtKey, CtKind
 from sluice.loader import BpfObject, Map, test_run
 from sluice.loader.objects import object_path
+from sluice.observe.tracepacket import internet_checksum
 
 NAME = "pkt-cost"
 PROGRAM = "from_endpoint"
@@ -59,25 +60,16 @@ CASES = ("new flow", "established flow", "service flow")
 # --- packets ------------------------------------------------------------------------------
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
     """An Ethernet/IPv4/TCP frame from a pod to its gateway, checksums correct."""
     saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 5001 if flags & TCP_ACK else 0,
                       5 << 4, flags, 65535, 0, 0)
     pseudo = saddr + daddr + struct.pack("!BBH", 0, TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", internet_checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0x1234, 0x4000, 64, TCP, 0,
                      saddr, daddr)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     eth = bytes.fromhex(HOST_MAC.replace(":", "")) + \
         bytes.fromhex(CLIENT_MAC.replace(":", "")) + struct.pack("!H", 0x0800)
     return eth + ip + tcp

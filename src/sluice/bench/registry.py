@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sluice.bench import controlplane, pktcost, servicescale, traffic, xdpdrop
+from sluice.bench import controlplane, flowevents, pktcost, servicescale, traffic, xdpdrop
 from sluice.bench.benchmark import Benchmark
 
 
 def benchmarks() -> list[Benchmark]:
     return [*pktcost.BENCHMARKS, *traffic.BENCHMARKS, *xdpdrop.BENCHMARKS,
-            *servicescale.BENCHMARKS, *controlplane.BENCHMARKS]
+            *servicescale.BENCHMARKS, *flowevents.BENCHMARKS, *controlplane.BENCHMARKS]
 
 
 def by_name() -> dict[str, Benchmark]:

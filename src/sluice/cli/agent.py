@@ -10,10 +10,16 @@ import sys
 from sluice import netns
 from sluice.agent.config import (
     DEFAULT_CNI_STATE_DIR,
+    DEFAULT_FLOW_EVENT_RATE,
+    DEFAULT_FLOW_EVENTS,
+    DEFAULT_FLOW_LOG_SIZE,
     DEFAULT_LISTEN,
+    DEFAULT_NETFILTER_MONITOR_INTERVAL,
     DEFAULT_RESYNC_INTERVAL,
     AgentConfig,
+    FlowEventOptions,
     default_pin_dir,
+    parse_flow_event_kinds,
     parse_listen,
 )
 from sluice.agent.runner import StartupError, run_agent
@@ -28,6 +34,7 @@ from sluice.compile.lbstate import ExternalMode, LbAlgorithm, LbOptions
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE, validate_table_size
 from sluice.compile.policytypes import FailsafePort
 from sluice.compile.topology import Dataplane, RoutingMode
+from sluice.loader.attach import is_cgroup_root
 
 DESCRIPTION = """\
 Run the node agent. It reads the cluster from the datastore and the pods wired on this node
@@ -112,6 +119,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--failsafe-outbound", default=DEFAULT_OUTBOUND, metavar="LIST",
                         help="ports host endpoint policy never blocks from the node "
                              "(default: %(default)s)")
+    parser.add_argument("--flow-events", default=DEFAULT_FLOW_EVENTS, metavar="KINDS",
+                        help="what the bpf datapath reports as flow events for `sluice flows`: "
+                             "drops, flows (a flow's first packet, FIN and RST), sock "
+                             "(socket-level service translations, with the process), "
+                             "comma-separated, or all, or none (default: %(default)s)")
+    parser.add_argument("--flow-events-sample", type=int, default=1, metavar="N",
+                        help="report one in N flow and sock events; drops are always "
+                             "reported (default: %(default)s)")
+    parser.add_argument("--flow-events-rate", type=int, default=DEFAULT_FLOW_EVENT_RATE,
+                        metavar="N",
+                        help="at most N events per second per CPU, 0 for no limit; what "
+                             "is over is counted as lost (default: %(default)s)")
+    parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE,
+                        metavar="N", help="flows the agent keeps for /flows (default: "
+                                          "%(default)s)")
+    parser.add_argument("--netfilter-monitor", action="store_true",
+                        help="bpf mode: report iptables/nftables rules in the node's namespace "
+                             "that are not Sluice's own (one log line, logger sluice.nfguard, "
+                             "per rule that appears or goes; a metric)")
+    parser.add_argument("--netfilter-monitor-interval", type=float,
+                        default=DEFAULT_NETFILTER_MONITOR_INTERVAL, metavar="SECONDS",
+                        help="how often the monitor reads the rules (default: %(default)s)")
+    parser.add_argument("--netfilter-blocker", action="store_true",
+                        help="bpf mode: refuse netfilter rule changes in the node's namespace "
+                             "by processes of --cgroup (required, not the cgroup root), except "
+                             "this agent and what it runs. Legacy iptables writes fail with "
+                             "EPERM; a process opening a netfilter netlink socket (nft, "
+                             "iptables-nft, also conntrack and listing) is killed. Other "
+                             "namespaces are untouched. Off: a blocker left by an earlier run "
+                             "is removed")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info", help="(default: %(default)s)")
     parser.add_argument("--allow-host-netns", action="store_true",
@@ -122,6 +159,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="remove this node's pinned links and maps, Sluice's devices, "
                              "routes, neighbours and iptables rules, then exit")
     parser.set_defaults(handler=run)
+
+
+def _at_least(value: int, least: int, option: str) -> int:
+    if value < least:
+        raise ValueError(f"{option} {value}: must be at least {least}")
+    return value
+
+
+def _netfilter_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the --netfilter-* options, if anything."""
+    if not (args.netfilter_monitor or args.netfilter_blocker):
+        return None
+    if args.dataplane != Dataplane.BPF.value:
+        return ("--netfilter-monitor and --netfilter-blocker need --dataplane bpf (in "
+                "iptables mode netfilter rules are the dataplane itself)")
+    if not args.netfilter_monitor_interval > 0:
+        return "--netfilter-monitor-interval must be positive"
+    if args.netfilter_blocker and args.cgroup is None:
+        return "--netfilter-blocker needs --cgroup DIR: its hooks attach to the node's cgroup"
+    if args.netfilter_blocker and is_cgroup_root(args.cgroup):
+        return (f"--netfilter-blocker: --cgroup {args.cgroup} is a cgroup root; the blocker "
+                "attaches only to the node's own cgroup")
+    return None
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -148,8 +208,19 @@ def run(args: argparse.Namespace) -> int:
                                     option="--failsafe-outbound"))
     except ValueError as err:
         return _fail(str(err), 2)
+    try:
+        flow_events = FlowEventOptions(parse_flow_event_kinds(args.flow_events),
+                                       _at_least(args.flow_events_sample, 1,
+                                                 "--flow-events-sample"),
+                                       _at_least(args.flow_events_rate, 0, "--flow-events-rate"),
+                                       _at_least(args.flow_log_size, 1, "--flow-log-size"))
+    except ValueError as err:
+        return _fail(str(err), 2)
     if args.cgroup is not None and not os.path.isdir(args.cgroup):
         return _fail(f"--cgroup {args.cgroup}: no such cgroup directory", 2)
+    netfilter_problem = _netfilter_problem(args)
+    if netfilter_problem is not None and not args.uninstall:
+        return _fail(netfilter_problem, 2)
     lb = LbOptions(LbAlgorithm(args.lb_algorithm), table_size,
                    ExternalMode(args.external_lb_mode))
     config = AgentConfig(
@@ -158,7 +229,10 @@ def run(args: argparse.Namespace) -> int:
         netns=args.netns, cni_state_dir=args.cni_state_dir, pin_dir=args.pin_dir or "",
         listen=listen, uplink=args.uplink, resync_interval=args.resync_interval, lb=lb,
         cgroup=args.cgroup, allow_root_cgroup=args.allow_host_netns,
-        failsafe=tuple(dict.fromkeys(failsafe)))
+        failsafe=tuple(dict.fromkeys(failsafe)), flow_events=flow_events,
+        netfilter_monitor=args.netfilter_monitor,
+        netfilter_monitor_interval=args.netfilter_monitor_interval,
+        netfilter_blocker=args.netfilter_blocker)
     if config.netns is not None:
         # Before anything starts a thread: every later thread inherits the namespace.
         try:

@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sluice.cli import agent, bench, bpf, doctor, lab, validate, version
+from sluice.cli import agent, bench, bpf, doctor, flows, lab, trace, validate, version
 
 Handler = Callable[[argparse.Namespace], int]
 
-SUBCOMMANDS = (version, validate, doctor, agent, lab, bpf, bench)
+SUBCOMMANDS = (version, validate, doctor, agent, lab, bpf, flows, trace, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,6 +87,7 @@ BackendId = ctypes.c_uint32
 
 MAGLEV_MAP = "lb_maglev"
 SOURCE_RANGES_MAP = "lb_source_ranges"
+SELECTIONS_MAP = "lb_selections"  # per-CPU new flows per backend id
 
 
 class LbMaglevKey(ctypes.Structure):

@@ -226,6 +226,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     # maps (libbpf side, before and after load)
     "bpf_map__name": (c_char_p, [POINTER(BpfMapHandle)]),
     "bpf_map__fd": (c_int, [POINTER(BpfMapHandle)]),
+    "bpf_map__map_flags": (c_uint32, [POINTER(BpfMapHandle)]),
+    "bpf_map__set_map_flags": (c_int, [POINTER(BpfMapHandle), c_uint32]),
     "bpf_map__type": (c_int, [POINTER(BpfMapHandle)]),
     "bpf_map__key_size": (c_uint32, [POINTER(BpfMapHandle)]),
     "bpf_map__value_size": (c_uint32, [POINTER(BpfMapHandle)]),

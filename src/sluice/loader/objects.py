@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,10 +65,12 @@ class BpfObject:
     """One compiled object: open it, set rodata and map sizes, load it, use it.
 
     Maps given a pin directory are adopted from bpffs when already pinned there
-    (libbpf reuses a compatible pinned map) and pinned there when created.
+    (libbpf reuses a compatible pinned map) and pinned there when created; the maps
+    named in PRIVATE_MAPS are left out: this object gets fresh ones of its own.
     """
 
-    def __init__(self, path: str | Path, *, pin_dir: str | None = None) -> None:
+    def __init__(self, path: str | Path, *, pin_dir: str | None = None,
+                 private_maps: Collection[str] = ()) -> None:
         self.path = Path(path)
         handle = lib().bpf_object__open_file(str(self.path).encode(), None)
         check_ptr(ctypes.cast(handle, ctypes.c_void_p).value, f"opening BPF object {self.path}")
@@ -77,11 +79,16 @@ class BpfObject:
         self._log_buffers: dict[str, ctypes.Array[ctypes.c_char]] = {}
         self.btf = Btf(lib().bpf_object__btf(handle), owned=False)
         if pin_dir is not None:
-            self._set_pin_paths(pin_dir)
+            try:
+                self._set_pin_paths(pin_dir, private_maps)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
-    def open(cls, name: str, *, pin_dir: str | None = None) -> BpfObject:
-        return cls(object_path(name), pin_dir=pin_dir)
+    def open(cls, name: str, *, pin_dir: str | None = None,
+             private_maps: Collection[str] = ()) -> BpfObject:
+        return cls(object_path(name), pin_dir=pin_dir, private_maps=private_maps)
 
     def __enter__(self) -> BpfObject:
         return self
@@ -120,10 +127,14 @@ class BpfObject:
     def _is_internal(self, handle: Any) -> bool:
         return "." in lib().bpf_map__name(handle).decode()
 
-    def _set_pin_paths(self, pin_dir: str) -> None:
+    def _set_pin_paths(self, pin_dir: str, private_maps: Collection[str]) -> None:
+        unknown = set(private_maps) - set(self.map_names())
+        if unknown:
+            raise KeyError(f"{self.path.name} has no maps {sorted(unknown)} to keep private")
         os.makedirs(pin_dir, exist_ok=True)
         for handle in self._map_handles():
-            if not self._is_internal(handle):
+            if not self._is_internal(handle) and \
+                    lib().bpf_map__name(handle).decode() not in private_maps:
                 path = os.path.join(pin_dir, lib().bpf_map__name(handle).decode())
                 check(lib().bpf_map__set_pin_path(handle, path.encode()), f"pin path {path}")
 
@@ -131,6 +142,13 @@ class BpfObject:
         self._require_unloaded("resize a map")
         check(lib().bpf_map__set_max_entries(self._map_handle(name), max_entries),
               f"resizing map {name}")
+
+    def add_map_flags(self, name: str, flags: int) -> None:
+        """Create map NAME with FLAGS besides its declared ones (e.g. BPF_F_RDONLY_PROG)."""
+        self._require_unloaded("set map flags")
+        handle = self._map_handle(name)
+        check(lib().bpf_map__set_map_flags(handle, lib().bpf_map__map_flags(handle) | flags),
+              f"setting flags of map {name}")
 
     def set_rodata(self, **values: int) -> None:
         """Set `const volatile` globals before load, located through the .rodata BTF."""

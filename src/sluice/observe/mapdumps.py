@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sluice.datapath import endpoints as ep
+from sluice.datapath import events as ev
 from sluice.datapath import policy as pol
 from sluice.datapath import prefilter as pf
 from sluice.datapath import routing
 from sluice.loader.maps import Map
 from sluice.observe.ctview import table
+from sluice.observe.datapathstats import percpu_totals, read_event_outcomes, read_packets
 
 T = TypeVar("T")
 
@@ -66,18 +69,24 @@ def render_endpoints(rows: list[dict[str, Any]]) -> str:
 
 
 def read_counters(pin_dir: str) -> dict[str, Any]:
-    """Policy verdict counters (summed over CPUs), deny-list entries and route hits."""
+    """Packets by hook and drop reason, flow event outcomes, policy verdict counters (all
+    summed over CPUs), deny-list entries and route hits."""
     def policy_counters(m: Map[Any, Any]) -> dict[str, dict[str, int]]:
-        out = {}
-        for reason in pol.CounterReason:
-            per_cpu = m.lookup_percpu(pol.StateIndex(int(reason))) or []
-            out[reason.name.lower()] = {"packets": sum(int(c.packets) for c in per_cpu),
-                                        "bytes": sum(int(c.bytes) for c in per_cpu)}
-        return out
+        totals = {int.from_bytes(k, "little"): v for k, v in percpu_totals(m).items()}
+        return {reason.name.lower(): dict(zip(("packets", "bytes"),
+                                              totals.get(int(reason), (0, 0)), strict=True))
+                for reason in pol.CounterReason}
 
     doc: dict[str, Any] = {
         "policy": _with_map(pin_dir, pol.COUNTERS_MAP, pol.StateIndex, pol.PolicyCounter,
                             policy_counters)}
+    if os.path.exists(os.path.join(pin_dir, ev.COUNTERS_MAP)):
+        doc["datapath"] = [{"hook": c.hook, "direction": c.direction, "reason": c.reason,
+                            "packets": c.packets, "bytes": c.bytes}
+                           for c in _with_map(pin_dir, ev.COUNTERS_MAP, ctypes.c_uint32,
+                                              ev.DatapathCounter, read_packets)]
+        doc["flowEvents"] = dict(_with_map(pin_dir, ev.STATS_MAP, ctypes.c_uint32,
+                                           ctypes.c_uint64, read_event_outcomes))
     prefilter_path = os.path.join(pin_dir, pf.MAP_NAME)
     if os.path.exists(prefilter_path):
         entries = _with_map(pin_dir, pf.MAP_NAME, pf.PrefilterKey, pf.PrefilterEntry,
@@ -91,8 +100,12 @@ def read_counters(pin_dir: str) -> dict[str, Any]:
 
 
 def render_counters(doc: dict[str, Any]) -> str:
-    lines = [(f"policy {reason}", str(c["packets"]), str(c["bytes"]))
-             for reason, c in doc["policy"].items()]
+    lines = [(f"{c['hook']} {'forwarded' if c['reason'] == 'none' else c['reason']}",
+              str(c["packets"]), str(c["bytes"])) for c in doc.get("datapath", [])]
+    lines += [(f"flow events {outcome}", str(count), "-")
+              for outcome, count in doc.get("flowEvents", {}).items()]
+    lines += [(f"policy {reason}", str(c["packets"]), str(c["bytes"]))
+              for reason, c in doc["policy"].items()]
     lines += [(f"prefilter {p['action']} {p['cidr']}", str(p["packets"]), str(p["bytes"]))
               for p in doc.get("prefilter", [])]
     lines.append(("route hits", str(doc["routeHits"]), "-"))
