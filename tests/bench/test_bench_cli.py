@@ -16,7 +16,8 @@ from sluice.bench.result import BenchRow, Samples, bpf_at_most, ratio_at_least
 
 SLUICE = Path(sys.executable).with_name("sluice")
 ALL = ("pkt-cost", "pod-rr", "pod-rr-local", "pod-stream", "cpu-per-gbit", "nodeport-rr",
-       "policy-scale", "xdp-drop", "svc-connect", "svc-first-packet", "flow-events", "sync", "agent-mem")
+       "policy-scale", "xdp-drop", "svc-connect", "svc-first-packet", "flow-events", "sync",
+       "agent-mem")
 
 
 def sluice(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
