@@ -12,11 +12,10 @@ from sluice.compile.policytypes import PolicyState
 from sluice.compile.services import ServiceTable
 from sluice.compile.topology import NodeView
 from sluice.datapath.addr import IPAddress
+from sluice.datapath.lb import PROTOCOLS
 from sluice.datastore import ClusterState
 from sluice.model.core import Pod
 from sluice.observe.flows import Names
-
-PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
 
 def flow_names(state: ClusterState, view: NodeView, policy: PolicyState,
@@ -38,7 +37,7 @@ def flow_names(state: ClusterState, view: NodeView, policy: PolicyState,
             pods[address] = (namespace, name, labels, endpoint.identity)
     node_ips = {ip: node.name for node in view.peers for ip in node.internal_ips}
     frontends = {(plan.frontend.address, plan.frontend.port,
-                  PROTOCOL_NUMBERS.get(str(plan.frontend.protocol), 0)): plan.service
+                  PROTOCOLS.get(str(plan.frontend.protocol), 0)): plan.service
                  for plan in services.plans}
     return Names(node=view.name, pods=pods, host_ips=frozenset(view.local.internal_ips),
                  node_ips=node_ips, services=frontends, rules=rule_origins(policy),

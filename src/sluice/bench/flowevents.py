@@ -27,6 +27,7 @@ from sluice.bench.result import BenchRow, Samples, Target
 from sluice.datapath import events as ev
 from sluice.lab.errors import LabError
 from sluice.loader.maps import Map
+from sluice.observe.datapathstats import read_event_outcomes
 
 NODES = ("node1", "node2")
 CLIENT_CPU = 0
@@ -58,15 +59,15 @@ def _configure(lab: BenchLab, setting: Setting) -> None:
                                 rate_per_cpu=setting.rate_per_cpu)
 
 
-def _event_stats(lab: BenchLab) -> dict[ev.EventStat, int]:
-    totals = dict.fromkeys(ev.EventStat, 0)
+def _event_stats(lab: BenchLab) -> dict[str, int]:
+    """Flow event outcomes (sent, lost_ring_full, ...) summed over both nodes."""
+    totals: dict[str, int] = {}
     for node in NODES:
         stats: Map[ctypes.c_uint32, ctypes.c_uint64] = Map.from_pin(
             os.path.join(lab.pin_dir(node), ev.STATS_MAP), ctypes.c_uint32, ctypes.c_uint64)
         with contextlib.closing(stats):
-            for stat in ev.EventStat:
-                values = stats.lookup_percpu(ctypes.c_uint32(stat)) or []
-                totals[stat] += sum(int(v.value) for v in values)
+            for outcome, count in read_event_outcomes(stats):
+                totals[outcome] = totals.get(outcome, 0) + count
     return totals
 
 
@@ -113,11 +114,9 @@ def run(ctx: BenchContext) -> list[BenchRow]:
                                        f"{result.errors} errors")
                     after = _event_stats(lab)
                     rates[setting.name].append(result.requests_per_second)
-                    sent[setting.name].append(after[ev.EventStat.SENT]
-                                              - before[ev.EventStat.SENT])
-                    lost[setting.name].append(
-                        after[ev.EventStat.LOST_FULL] - before[ev.EventStat.LOST_FULL]
-                        + after[ev.EventStat.RATE_LIMITED] - before[ev.EventStat.RATE_LIMITED])
+                    grew = {k: after[k] - before[k] for k in after}
+                    sent[setting.name].append(grew["sent"])
+                    lost[setting.name].append(grew["lost_ring_full"] + grew["rate_limited"])
                 ctx.say("flow-events: round " + str(round_ + 1) + ": " + ", ".join(
                     f"{s.name} {rates[s.name][-1]:.0f}/s" for s in SETTINGS))
     finally:

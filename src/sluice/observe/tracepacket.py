@@ -9,6 +9,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from sluice.datapath.lb import PROTOCOLS
 from sluice.model.addresses import IPAddress
 
 ETH_P_IP = 0x0800
@@ -16,8 +17,7 @@ ETH_P_IPV6 = 0x86DD
 ETH_HLEN = 14
 IPPROTO_ICMPV6 = 58
 IPPROTO_SCTP = 132
-PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP,
-                    "SCTP": IPPROTO_SCTP, "ICMP": socket.IPPROTO_ICMP}
+PROTOCOL_NUMBERS = {**PROTOCOLS, "ICMP": socket.IPPROTO_ICMP}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()} | {
     IPPROTO_ICMPV6: "ICMP"}
 TCP_FLAG_NAMES = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"))
