@@ -11,7 +11,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool make gcc pkg-config libelf-dev
   python3 python3-venv python3-dev
   iproute2 iptables nftables ipset conntrack ethtool iputils-ping procps util-linux kmod
-  sockperf iperf3 wrk nginx-light netsniff-ng
+  sockperf iperf3 wrk nginx-light netsniff-ng etcd-server etcd-client
 )
 VENV=.venv
 STAMP="$VENV/.sluice-deps"
