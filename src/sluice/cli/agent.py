@@ -24,6 +24,7 @@ from sluice.agent.config import (
 )
 from sluice.agent.runner import StartupError, run_agent
 from sluice.agent.uninstall import uninstall
+from sluice.cli.optionsources import effective_options, enable_option_sources, with_origin
 from sluice.compile.failsafe import (
     DEFAULT_INBOUND,
     DEFAULT_OUTBOUND,
@@ -63,6 +64,10 @@ examples:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("agent", help="run the node agent", description=DESCRIPTION,
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    enable_option_sources(parser)
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every option's value and where it came from (command "
+                             "line, environment, config file or default), then exit")
     parser.add_argument("--node", required=True, metavar="NAME",
                         help="this node's name: the Node object in the datastore")
     parser.add_argument("--datastore", metavar="URL",
@@ -158,7 +163,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--uninstall", action="store_true",
                         help="remove this node's pinned links and maps, Sluice's devices, "
                              "routes, neighbours and iptables rules, then exit")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, parser=parser)
 
 
 def _at_least(value: int, least: int, option: str) -> int:
@@ -184,20 +189,26 @@ def _netfilter_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _fail(message: str, code: int = 1, args: argparse.Namespace | None = None) -> int:
+    if args is not None:
+        message = with_origin(args.parser, message)
     print(f"sluice agent: {message}", file=sys.stderr)
     return code
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.show_config:
+        for option, value, origin in effective_options(args.parser, args):
+            print(f"{option:28} {value!s:40} {origin}")
+        return 0
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # libbpf's debug output (every CO-RE relocation) drowns the agent's own.
     logging.getLogger("sluice.libbpf").setLevel(max(logging.INFO, logging.getLogger().level))
     if not args.uninstall and not args.datastore:
-        return _fail("--datastore URL is required (e.g. file:///var/lib/sluice/cluster)", 2)
+        return _fail("--datastore URL is required (e.g. file:///var/lib/sluice/cluster)", 2, args)
     if not args.resync_interval > 0:
-        return _fail("--resync-interval must be positive", 2)
+        return _fail("--resync-interval must be positive", 2, args)
     try:
         listen = parse_listen(args.listen)
         table_size = validate_table_size(args.maglev_table_size)
@@ -207,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                     *parse_failsafe(args.failsafe_outbound, inbound=False,
                                     option="--failsafe-outbound"))
     except ValueError as err:
-        return _fail(str(err), 2)
+        return _fail(str(err), 2, args)
     try:
         flow_events = FlowEventOptions(parse_flow_event_kinds(args.flow_events),
                                        _at_least(args.flow_events_sample, 1,
@@ -215,12 +226,12 @@ def run(args: argparse.Namespace) -> int:
                                        _at_least(args.flow_events_rate, 0, "--flow-events-rate"),
                                        _at_least(args.flow_log_size, 1, "--flow-log-size"))
     except ValueError as err:
-        return _fail(str(err), 2)
+        return _fail(str(err), 2, args)
     if args.cgroup is not None and not os.path.isdir(args.cgroup):
-        return _fail(f"--cgroup {args.cgroup}: no such cgroup directory", 2)
+        return _fail(f"--cgroup {args.cgroup}: no such cgroup directory", 2, args)
     netfilter_problem = _netfilter_problem(args)
     if netfilter_problem is not None and not args.uninstall:
-        return _fail(netfilter_problem, 2)
+        return _fail(netfilter_problem, 2, args)
     lb = LbOptions(LbAlgorithm(args.lb_algorithm), table_size,
                    ExternalMode(args.external_lb_mode))
     config = AgentConfig(
@@ -242,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     elif not args.allow_host_netns and netns.in_initial_namespace() is not False:
         return _fail("refusing to run in the machine's own network namespace (or one that "
                      "cannot be told apart from it): pass --netns NAME, or --allow-host-netns "
-                     "on a real node", 2)
+                     "on a real node", 2, args)
     if args.uninstall:
         for line in uninstall(config):
             print(line)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sluice.cli import agent, bench, bpf, doctor, flows, lab, trace, validate, version
+from sluice.cli.optionsources import SourcedParser
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sluice",
         description="Sluice: an eBPF dataplane for Kubernetes and Linux container hosts.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SourcedParser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return parser
