@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sluice.cli import agent, bench, bpf, doctor, flows, lab, trace, validate, version
+from sluice.cli import agent, apply, bench, bpf, doctor, flows, lab, trace, validate, version
 from sluice.cli.optionsources import SourcedParser
 
 Handler = Callable[[argparse.Namespace], int]
 
-SUBCOMMANDS = (version, validate, doctor, agent, lab, bpf, flows, trace, bench)
+SUBCOMMANDS = (version, validate, apply, doctor, agent, lab, bpf, flows, trace, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

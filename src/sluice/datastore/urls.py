@@ -1,4 +1,10 @@
-"""Datastore URLs: `file:///abs/dir`, `file://relative/dir`, and options in the query."""
+"""Datastore URLs and their options.
+
+    file:///abs/dir, file://relative/dir        [?poll=S]
+    etcd://HOST:PORT[,HOST:PORT...]             [?prefix=/sluice/v1&timeout=S&netns=NAME]
+    kubernetes://                               in-cluster
+    kubernetes://?kubeconfig=PATH&context=NAME  (parsed by the Kubernetes datastore)
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-SUPPORTED_SCHEMES = ("file",)
-PLANNED_SCHEMES = ("etcd", "kubernetes")
+SUPPORTED_SCHEMES = ("file", "etcd", "kubernetes")
+PLANNED_SCHEMES: tuple[str, ...] = ()
 FILE_OPTIONS = ("poll",)
+ETCD_OPTIONS = ("prefix", "timeout", "netns")
+ETCD_DEFAULT_PORT = 2379
+ETCD_DEFAULT_PREFIX = "/sluice/v1"
+ETCD_DEFAULT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -20,11 +30,22 @@ class FileLocation:
     poll_interval: float | None = None
 
 
+@dataclass(frozen=True)
+class EtcdLocation:
+    """The etcd members to try in order, the key prefix, the request timeout, and the
+    network namespace to connect from (None: the caller's)."""
+
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str = ETCD_DEFAULT_PREFIX
+    timeout: float = ETCD_DEFAULT_TIMEOUT
+    netns: str | None = None
+
+
 def _schemes_hint() -> str:
-    return (
-        f"supported: {', '.join(f'{scheme}://' for scheme in SUPPORTED_SCHEMES)} "
-        f"(planned: {', '.join(f'{scheme}://' for scheme in PLANNED_SCHEMES)})"
-    )
+    hint = f"supported: {', '.join(f'{scheme}://' for scheme in SUPPORTED_SCHEMES)}"
+    if PLANNED_SCHEMES:
+        hint += f" (planned: {', '.join(f'{scheme}://' for scheme in PLANNED_SCHEMES)})"
+    return hint
 
 
 def url_scheme(url: str) -> str:
@@ -92,3 +113,97 @@ def _poll_interval(url: str, query: str) -> float | None:
                 f"got {value!r}"
             )
     return poll
+
+
+def parse_etcd_url(url: str) -> EtcdLocation:
+    """The members and options of an `etcd://HOST:PORT[,HOST:PORT...]` URL.
+
+    HOST is a name, an IPv4 address or a bracketed IPv6 address; PORT defaults to 2379.
+    Options: `prefix` (where Sluice's keys live, default /sluice/v1), `timeout` (seconds
+    per request, default 5) and `netns` (connect from inside that network namespace).
+    """
+    if url_scheme(url) != "etcd":
+        raise ValueError(f"not an etcd datastore URL: {url!r}")
+    rest = url.split("://", 1)[1]
+    location, _, query = rest.partition("?")
+    if "#" in url:
+        raise ValueError(f"invalid datastore URL {url!r}: a fragment (#...) is not allowed")
+    if "/" in location:
+        raise ValueError(
+            f"invalid datastore URL {url!r}: a path is not allowed after the members; "
+            "give the key prefix as ?prefix=/sluice/v1"
+        )
+    if "@" in location:
+        raise ValueError(f"invalid datastore URL {url!r}: credentials are not supported")
+    if not location:
+        raise ValueError(
+            f"invalid datastore URL {url!r}: no etcd member; expected etcd://HOST:PORT"
+        )
+    endpoints = tuple(_etcd_member(url, member) for member in location.split(","))
+    options = _query(url, query, ETCD_OPTIONS, "etcd://")
+    prefix = options.get("prefix", ETCD_DEFAULT_PREFIX)
+    if not prefix.startswith("/") or prefix.rstrip("/") == "" or "\0" in prefix:
+        raise ValueError(
+            f"invalid datastore URL {url!r}: prefix must be an absolute key path such as "
+            f"/sluice/v1, got {prefix!r}"
+        )
+    timeout = ETCD_DEFAULT_TIMEOUT
+    if "timeout" in options:
+        timeout = _positive(url, "timeout", options["timeout"])
+    netns = options.get("netns") or None
+    return EtcdLocation(endpoints, prefix.rstrip("/"), timeout, netns)
+
+
+def _etcd_member(url: str, member: str) -> tuple[str, int]:
+    if not member:
+        raise ValueError(f"invalid datastore URL {url!r}: an empty member in the list")
+    if member.startswith("["):
+        host, bracket, port_text = member[1:].partition("]")
+        if not bracket or not host or (port_text and not port_text.startswith(":")):
+            raise ValueError(f"invalid datastore URL {url!r}: member {member!r}: expected "
+                             "[IPv6]:PORT")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = member.partition(":")
+        if not host or ":" in port_text:
+            raise ValueError(f"invalid datastore URL {url!r}: member {member!r}: expected "
+                             "HOST:PORT (an IPv6 address goes in brackets)")
+    if not port_text:
+        return host, ETCD_DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(
+            f"invalid datastore URL {url!r}: member {member!r}: port must be 1-65535, "
+            f"got {port_text!r}"
+        )
+    return host, int(port_text)
+
+
+def _query(url: str, query: str, allowed: tuple[str, ...], scheme: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(f"invalid datastore URL {url!r}: malformed query {query!r}") from None
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise ValueError(
+                f"invalid datastore URL {url!r}: unknown option {name!r}; "
+                f"{scheme} takes {', '.join(allowed)}"
+            )
+        if name in options:
+            raise ValueError(f"invalid datastore URL {url!r}: option {name!r} given twice")
+        options[name] = value
+    return options
+
+
+def _positive(url: str, name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(
+            f"invalid datastore URL {url!r}: {name} must be a positive number of seconds, "
+            f"got {value!r}"
+        )
+    return number
