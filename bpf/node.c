@@ -8,6 +8,7 @@
 #include "dsr.h"
 #include "policy.h"
 #include "events.h"
+#include "masq.h"
 
 /* A program's working memory: the stack (512 bytes, shared with every function it
  * calls) cannot hold the parsed packet, the service result and the policy's state. */
@@ -270,7 +271,8 @@ int from_host(struct __sk_buff *skb)
 
 /* A backend on another node for a flow from outside: through the tunnel, marked so that
  * node sends the replies back here for reverse translation; or, for direct server return,
- * carrying the frontend so that node answers the client itself. */
+ * carrying the frontend so that node answers the client itself; or, on a node without
+ * this datapath, from this node's address (replies come back to it as to any peer). */
 static __always_inline int forward_remote(struct __sk_buff *skb, struct sl_packet *pkt,
 					  struct svc_result *res)
 {
@@ -278,6 +280,12 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct sl_packe
 
 	if (!route || route->kind == ROUTE_LOCAL_PODS)
 		return sl_dropping(pkt, TC_ACT_SHOT, SL_DROP_NO_ENDPOINT);
+	if (res->flags & CT_F_MASQ) {
+		/* That node routes its replies to our address, where masq_reverse takes them. */
+		if (masq_service_snat(skb, pkt) < 0)
+			return TC_ACT_SHOT;
+		return route_and_deliver(skb, pkt, HOOK_INGRESS, false);
+	}
 	if (res->flags & CT_F_DSR) {
 		if (dsr_add(skb, pkt, &res->frontend, res->frontend_port) < 0)
 			return sl_dropping(pkt, TC_ACT_SHOT, SL_DROP_ENCAP);
@@ -312,9 +320,13 @@ static __always_inline int police_arrival(struct __sk_buff *skb, struct node_scr
 static __always_inline int network_sends(struct __sk_buff *skb, struct node_scratch *s)
 {
 	struct endpoint_info *ep;
-	int carried, verdict, outcome = POLICY_UNKNOWN;
+	int carried, verdict, outcome = POLICY_UNKNOWN, masq;
 	bool judged;
 
+	/* A reply to a masqueraded flow: from here on it is the pod's flow again. */
+	masq = masq_reverse(skb, &s->pkt);
+	if (masq < 0)
+		return TC_ACT_SHOT;
 	s->res.dsr_ok = 1;
 	__builtin_memset(&s->origin, 0, sizeof(s->origin));
 	s->origin_port = 0;
@@ -362,6 +374,8 @@ static __always_inline int network_sends(struct __sk_buff *skb, struct node_scra
 	ep = endpoint_lookup(&s->pkt.daddr);
 	if (!ep)
 		return TC_ACT_OK;
+	if (!masq)
+		masq_note_inbound(skb, &s->pkt);
 	return sl_dropping(&s->pkt, deliver_local(skb, ep, HOOK_INGRESS), SL_DROP_DELIVER);
 }
 
@@ -381,26 +395,36 @@ int from_network(struct __sk_buff *skb)
 
 /* tc egress of the uplink: what leaves a host interface, the host's own packets
  * (POL_EGRESS) and what it forwards (POL_FORWARD_EGRESS). Flows are recorded, so their
- * replies arriving on from_network pass. */
+ * replies arriving on from_network pass. Then masquerade: pod traffic leaving the cluster
+ * takes the node's address (every path out of the node passes here: the host stack's
+ * forwarding and the datapath's FIB redirects alike). */
 SEC("tc")
 int to_network(struct __sk_buff *skb)
 {
 	struct node_scratch *s;
-	int parsed, outcome;
+	int parsed, outcome, masq;
+	bool judged;
 
-	if (!(host_interface_flags(skb->ifindex) & HOST_IF_ENDPOINT))
+	judged = host_interface_flags(skb->ifindex) & HOST_IF_ENDPOINT;
+	if (!judged && !masq_active())
 		return TC_ACT_OK;
 	s = begin(skb, &parsed);
 	if (!s || parsed != SL_PARSE_OK)
 		return TC_ACT_OK;
-	if (!policy_begin(skb, &s->policy, &s->pkt, POLICY_AT_UPLINK))
+	judged = judged && policy_begin(skb, &s->policy, &s->pkt, POLICY_AT_UPLINK) &&
+		 !policy_is_overlay(&s->pkt, &s->pkt.daddr);
+	if (judged) {
+		s->policy.here.out_ifindex = skb->ifindex;
+		outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
+		if (outcome != POLICY_PASS)
+			return observe(skb, s, SL_HOOK_TO_NETWORK,
+				       refuse(skb, s, outcome, POLICY_AT_UPLINK));
+	}
+	masq = masq_snat(skb, &s->pkt);
+	if (masq < 0)
+		return observe(skb, s, SL_HOOK_TO_NETWORK, TC_ACT_SHOT);
+	if (!judged && !masq)
 		return TC_ACT_OK;
-	if (policy_is_overlay(&s->pkt, &s->pkt.daddr))
-		return TC_ACT_OK;
-	s->policy.here.out_ifindex = skb->ifindex;
-	outcome = policy_enforce(&s->policy, 1, sl_now(&s->pkt.now));
-	if (outcome != POLICY_PASS)
-		return observe(skb, s, SL_HOOK_TO_NETWORK, refuse(skb, s, outcome, POLICY_AT_UPLINK));
 	return observe(skb, s, SL_HOOK_TO_NETWORK, TC_ACT_OK);
 }
 

@@ -16,6 +16,8 @@ enum ct_flags {
 	CT_F_DSR = 1 << 0,    /* forward leg carries the frontend to the backend's node */
 	CT_F_REMOTE = 1 << 1, /* the backend is on another node */
 	CT_F_HAIRPIN = 1 << 2, /* a pod reached itself: its source becomes the frontend too */
+	CT_F_MASQ = 1 << 3,   /* from outside to a backend on a node without this datapath:
+			       * the source becomes this node (masq.h), replies come here */
 };
 
 struct ct_key {

@@ -25,7 +25,7 @@ enum sl_drop_reason {
 	SL_DROP_CT_INSERT = 6,        /* conntrack entry could not be created */
 	SL_DROP_FIB = 7,              /* the kernel's FIB has no route (native routing, outside) */
 	SL_DROP_MALFORMED = 8,        /* truncated or inconsistent headers */
-	SL_DROP_NAT = 9,              /* rewriting addresses or ports failed */
+	SL_DROP_NAT = 9,              /* rewriting addresses or ports failed; masquerade: no free port */
 	SL_DROP_PREFILTER = 10,       /* the source is on the deny list (XDP) */
 	SL_DROP_UNTRACKED = 11,       /* a doNotTrack (untracked) policy denies it (XDP) */
 	SL_DROP_NO_ENDPOINT = 12,     /* a local pod address nobody uses */

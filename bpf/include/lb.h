@@ -34,11 +34,17 @@ struct lb_value {
 	__u32 pad;
 };
 
+enum lb_backend_flags {
+	/* On a node without this datapath: it cannot send an outside client's replies back
+	 * through the node the client reached (tunnel mode) nor answer it (DSR). */
+	LB_BACKEND_F_FOREIGN = 1 << 0,
+};
+
 struct lb_backend {
 	union sl_addr addr;
 	__be16 port;
 	__u8 proto;
-	__u8 flags;
+	__u8 flags; /* enum lb_backend_flags */
 	__u32 pad;
 };
 

@@ -238,7 +238,10 @@ static __always_inline int svc_new_flow(struct __sk_buff *skb, struct sl_packet 
 	backend_port = backend->port;
 	if (!endpoint_lookup(&backend_addr))
 		flags |= CT_F_REMOTE;
-	if (flags & CT_F_REMOTE && svc->flags & LB_F_DSR && res->dsr_ok)
+	/* What dsr_ok marks comes from the network: outside clients among it. */
+	if (flags & CT_F_REMOTE && backend->flags & LB_BACKEND_F_FOREIGN && res->dsr_ok)
+		flags |= CT_F_MASQ;
+	else if (flags & CT_F_REMOTE && svc->flags & LB_F_DSR && res->dsr_ok)
 		flags |= CT_F_DSR;
 	if (sl_addr_eq(&backend_addr, &pkt->saddr))
 		flags |= CT_F_HAIRPIN;

@@ -8,9 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 from pyroute2 import IPRoute
@@ -20,64 +18,9 @@ from sluice.apply.routes import ROUTE_PROTOCOL
 from sluice.loader import Direction, Link
 from tests.agent.harness import Agent, ClusterNode, MiniCluster, Pod, wait_for
 from tests.conftest import tcp_connects, udp_delivered
+from tests.datagrams import UdpFlow
 
 pytestmark = pytest.mark.root
-
-STREAM_PORT = 7300
-STREAM_INTERVAL = 0.005
-
-
-@dataclass
-class UdpStream:
-    """Numbered datagrams from one pod to another, all along; counts what arrived."""
-
-    client: Pod
-    server: Pod
-    sent: int = 0
-    received: set[int] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> UdpStream:
-        with netns.entered(self.server.ns):
-            self._rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with netns.entered(self.client.ns):
-            self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._rx.bind((str(self.server.side.ipv4), STREAM_PORT))
-        self._rx.settimeout(0.2)
-        self.threads = [threading.Thread(target=self._receive, daemon=True),
-                        threading.Thread(target=self._send, daemon=True)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def _send(self) -> None:
-        while not self.stop.is_set():
-            self._tx.sendto(self.sent.to_bytes(4, "big"), (str(self.server.side.ipv4),
-                                                           STREAM_PORT))
-            self.sent += 1
-            time.sleep(STREAM_INTERVAL)
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data, _ = self._rx.recvfrom(64)
-            except TimeoutError:
-                if self.stop.is_set():
-                    return
-                continue
-            self.received.add(int.from_bytes(data, "big"))
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=5)
-        self._tx.close()
-        self._rx.close()
-
-    @property
-    def lost(self) -> int:
-        return self.sent - len(self.received)
 
 
 def link_ids(node: ClusterNode) -> dict[str, int]:
@@ -111,7 +54,7 @@ def test_agent_restart_between_add_and_del(cluster: MiniCluster) -> None:
                     "from_network@uplink0", "from_host@sl-host", "to_network@uplink0"}
     programs_before = n1.tcx_programs(a.host_ifname)
 
-    with UdpStream(a, c) as stream:
+    with UdpFlow(a.ns, c.ns, str(c.side.ipv4), port=7300) as stream:
         time.sleep(0.3)
         assert agent.stop() == 0
         assert flows(a, c), "pinned maps and links forward while the agent is down"

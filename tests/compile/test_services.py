@@ -11,10 +11,12 @@ from sluice.compile.services import (
     Frontend,
     FrontendScope,
     ServicePlan,
+    foreign_nodes,
     node_port_allocation,
     service_table,
 )
-from sluice.datapath.lb import LbFlags
+from sluice.compile.topology import DATAPLANE_ANNOTATION
+from sluice.datapath.lb import BackendFlags, LbFlags
 from sluice.datastore import Change, ChangeKind, ClusterState, ResourceKey
 from sluice.model import EndpointSlice, Service, parse_text
 from tests.compile.helpers import N1, N2
@@ -228,3 +230,19 @@ def test_a_table_after_a_change_equals_one_compiled_from_scratch() -> None:
     fresh = service_table(after, "n1")
     assert remembered == fresh
     assert remembered != service_table(before, "n1")
+
+
+def test_backends_on_iptables_nodes_are_flagged_foreign() -> None:
+    iptables_n2 = N2.model_copy(update={"metadata": N2.metadata.model_copy(
+        update={"annotations": {DATAPLANE_ANNOTATION: "iptables"}})})
+    objects = [r for r in state(PODS, WEB).all() if r.KIND != "Node"]
+    mixed = ClusterState([N1, iptables_n2, *objects])
+    assert foreign_nodes(mixed) == {"n2"}
+    assert foreign_nodes(state(PODS, WEB)) == frozenset()
+    lbs = lb_state(service_table(mixed, "n1"), foreign_nodes=foreign_nodes(mixed))
+    web = lbs.frontends[Frontend(IP("198.19.0.10"), 80, "TCP")]
+    assert web.backends == (BackendRef(IP("198.18.16.2"), 8080, "TCP"),
+                            BackendRef(IP("198.18.17.2"), 9090, "TCP", BackendFlags.FOREIGN))
+    back = lb_state(service_table(state(PODS, WEB), "n1"))
+    assert all(not ref.flags for ref in back.frontends[
+        Frontend(IP("198.19.0.10"), 80, "TCP")].backends), "the flag goes with the annotation"

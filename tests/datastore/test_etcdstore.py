@@ -294,7 +294,7 @@ def test_sluice_apply_and_delete_cli(etcd: EtcdServer, store: EtcdDatastore,
     refused = _sluice("apply", "-f", str(good), "-f", str(bad), "--datastore", etcd.url())
     assert refused.returncode == 2, refused
     assert f"{bad}: document 1: Pod team/web-2: spec.containers: " in refused.stderr
-    assert "nothing was written" in refused.stderr
+    assert "nothing was changed" in refused.stderr
     assert store.snapshot().revision == before, "nothing written"
 
     nowhere = _sluice("apply", "-f", str(good), env={"PATH": os.environ["PATH"]})

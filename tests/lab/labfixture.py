@@ -71,6 +71,8 @@ def write_manifest(path: Path, objects: Sequence[dict[str, Any]]) -> Path:
 class Lab:
     name: str
     made: list[str] = field(default_factory=list)
+    up_options: tuple[str, ...] = ()
+    """Given to every `up` (e.g. --datastore etcd)."""
 
     def run(self, command: str, *args: str, timeout: float = CLI_TIMEOUT
             ) -> subprocess.CompletedProcess[str]:
@@ -78,7 +80,8 @@ class Lab:
 
     def up(self, *args: str, files: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
         self.made.append("up")
-        return ok(self.run("up", *args, *(arg for f in files for arg in ("-f", str(f)))))
+        return ok(self.run("up", *self.up_options, *args,
+                           *(arg for f in files for arg in ("-f", str(f)))))
 
     def apply(self, *files: Path) -> subprocess.CompletedProcess[str]:
         return self.run("apply", *(arg for f in files for arg in ("-f", str(f))))
@@ -146,10 +149,12 @@ def assert_gone(lab: str, processes: Sequence[procs.ProcessRecord] = ()) -> None
 
 
 @contextlib.contextmanager
-def running_lab(tag: str) -> Iterator[Lab]:
+def running_lab(tag: str, *, datastore: str | None = None) -> Iterator[Lab]:
     """A Lab with a fresh name; `lab down` runs afterwards whatever happened, and must
-    leave nothing of it behind (namespaces, pins, cgroups, state, processes)."""
-    lab = Lab(unique_lab(tag))
+    leave nothing of it behind (namespaces, pins, cgroups, state, processes). DATASTORE
+    (file or etcd) is given to `up`."""
+    lab = Lab(unique_lab(tag),
+              up_options=("--datastore", datastore) if datastore is not None else ())
     try:
         yield lab
     finally:

@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from sluice.compile.services import NODE_PORT_RANGE, node_port_allocation
+from sluice.compile.topology import Dataplane, node_dataplane
 from sluice.datastore import ClusterState
 from sluice.lab import names, objects, views
 from sluice.lab.errors import LabError
@@ -82,9 +83,12 @@ def test_plan_addresses() -> None:
 
 
 def test_node_objects_are_valid_nodes() -> None:
-    node = objects.node_resource(plan_lab("x", LabOptions()).nodes[0])
+    node = objects.node_resource(plan_lab("x", LabOptions()).nodes[0], "bpf")
     assert [str(ip) for ip in node.internal_ips] == ["198.18.0.11", "fd00:ff::11"]
     assert [str(cidr) for cidr in node.spec.cidrs] == ["198.18.17.0/24", "fd00:10:1::/64"]
+    assert node_dataplane(node) is Dataplane.BPF
+    other = objects.node_resource(plan_lab("x", LabOptions()).nodes[1], "iptables")
+    assert node_dataplane(other) is Dataplane.IPTABLES
 
 
 def _service(spec: str, name: str = "web", ports: str = "[{port: 80}]",

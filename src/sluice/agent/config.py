@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from sluice.compile.lbstate import LbOptions
+from sluice.compile.masquerade import MasqueradeOptions
 from sluice.compile.policytypes import FailsafePort
 from sluice.compile.topology import Dataplane, RoutingMode
 from sluice.datapath.events import EventKinds
@@ -81,6 +82,8 @@ class AgentConfig:
     netfilter_monitor: bool = False  # bpf mode: report foreign iptables/nftables rules
     netfilter_monitor_interval: float = DEFAULT_NETFILTER_MONITOR_INTERVAL
     netfilter_blocker: bool = False  # bpf mode: refuse rule changes in the node's namespace
+    masquerade: MasqueradeOptions = field(default_factory=MasqueradeOptions)
+    map_sizes: tuple[tuple[str, int], ...] = ()  # --map-size (apply.mapsizes)
 
     @property
     def pins(self) -> str:

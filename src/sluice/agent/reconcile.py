@@ -18,25 +18,30 @@ from sluice.agent.records import live_records
 from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
 from sluice.apply.bpfmaps import sync_endpoints, sync_routes
 from sluice.apply.cgrouplinks import sync_cgroup_links
+from sluice.apply.ctcarry import export_from_pins, import_into_bpf, iptables_dataplane_present
 from sluice.apply.diff import ChangeLog, Changes
 from sluice.apply.errors import ApplyError
 from sluice.apply.flowevents import write_events_config
 from sluice.apply.kernel import apply_kernel_state
 from sluice.apply.lbmaps import sync_lb
 from sluice.apply.links import device_holding, ifindexes, read_links
+from sluice.apply.masqmaps import sync_masquerade
+from sluice.apply.masqrules import sync_masq_rules
 from sluice.apply.nodeobject import NodeObject
 from sluice.apply.policymaps import sync_policy
 from sluice.apply.policyrules import remove_policy_rules, sync_policy_rules
 from sluice.apply.servicerules import remove_service_rules, sync_service_rules
+from sluice.apply.tunnelrx import install_tunnel_rx, remove_tunnel_rx
 from sluice.cni.registry import list_records
 from sluice.compile.bpfstate import BpfState, bpf_state
 from sluice.compile.devices import SERVICE_VNI, TUNNEL_DEVICE, TUNNEL_VNI
 from sluice.compile.endpoints import LocalEndpoints, local_endpoints
 from sluice.compile.kernelstate import KernelState, kernel_state
 from sluice.compile.lbstate import lb_state
+from sluice.compile.masquerade import masquerade_state
 from sluice.compile.policy import policy_state, rule_origins
 from sluice.compile.policytypes import PolicyState
-from sluice.compile.services import ServiceTable, service_table
+from sluice.compile.services import ServiceTable, foreign_nodes, service_table
 from sluice.compile.topology import Dataplane, NodeView, RoutingMode, node_view
 from sluice.datapath import events as ev
 from sluice.datapath.policy import EVENTS_MAP
@@ -91,6 +96,8 @@ class Reconciler:
     node_object: NodeObject | None = field(default=None, init=False)
     service_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _services
     policy_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _policy
+    flows_carried: bool = field(default=False, init=False)  # see _carry_into_bpf, _leaving_bpf
+    tunnel_rx: int | None = field(default=-1, init=False)  # see _tunnel_rx; -1: not yet
     policy_log: PolicyLogReader | None = field(default=None, init=False)
     rule_origins: dict[int, str] = field(default_factory=dict, init=False)
     flow_log: FlowLog = field(init=False)
@@ -116,6 +123,10 @@ class Reconciler:
         state = self.datastore.snapshot()
         problems = [f"datastore: {p}" for p in self.datastore.problems()]
         view = node_view(state, self.config.node)
+        if self.config.dataplane is Dataplane.BPF:
+            # Loaded before the kernel state changes: on a switch from iptables, the
+            # host stack stops forwarding pods' traffic when it does.
+            self._node_object()
         with IPRoute() as ipr:
             devices = ifindexes(read_links(ipr))
             uplink = self._uplink(ipr, view, devices)
@@ -125,9 +136,16 @@ class Reconciler:
             kernel = kernel_state(view, endpoints, self.config.routing, self.config.dataplane,
                                   uplink)
             problems += kernel.problems
+            leaving_bpf = self._leaving_bpf()
+            if leaving_bpf:
+                self._prepare_iptables(state, endpoints, devices)
             synced = apply_kernel_state(ipr, kernel, [e.host_ifname for e in endpoints.endpoints])
+            if leaving_bpf:
+                # At once: the programs' tunnel device is gone.
+                self._detach_bpf(synced.ifindexes)
         changes = synced.changes
         problems += synced.problems
+        problems += self._tunnel_rx(synced.ifindexes.get(TUNNEL_DEVICE))
         policy = policy_state(state, self.config.node, endpoints.endpoints, self.config.failsafe,
                               interface_ifindexes=synced.ifindexes | devices)
         problems += policy.problems
@@ -148,9 +166,15 @@ class Reconciler:
             changes["routes"] = sync_routes(node_object.routes, bpf.routes,
                                             synced.ifindexes.get(TUNNEL_DEVICE))
             table = service_table(state, self.config.node)
-            lbs = lb_state(table, self.config.lb)
+            lbs = lb_state(table, self.config.lb, foreign_nodes(state))
             problems += lbs.problems
             changes.kinds.update(sync_lb(node_object.lb, lbs).kinds)
+            masq = masquerade_state(view, self.config.masquerade)
+            changes["masquerade"] = sync_masquerade(node_object.masq_maps(), masq)
+            if masq.enabled and not uplink:
+                problems.append("masquerade: no uplink device (pass --uplink), so pod "
+                                "traffic leaving the cluster keeps its pod address")
+            self._carry_into_bpf(node_object, endpoints)
             links = sync_links(self.config.pins, node_object.programs,
                                desired_attachments(
                                    bpf, prefilter=policy.filters_before_the_stack),
@@ -161,6 +185,8 @@ class Reconciler:
             changes["socket hooks"] = sync_cgroup_links(
                 self.config.pins, node_object.sock_programs, self.config.cgroup,
                 allow_root=self.config.allow_root_cgroup)
+            # Every link runs this process's programs now: finish a map migration.
+            node_object.catch_up_migrations()
             self.names = flow_names(state, view, policy, table, synced.ifindexes | devices)
         elif os.path.isdir(links_dir(self.config.pins)):
             # Left by an earlier bpf-mode agent: its programs would still steer pod
@@ -170,10 +196,77 @@ class Reconciler:
             changes["socket hooks"] = sync_cgroup_links(self.config.pins, {}, None)
         problems += self._services(state, changes)
         problems += self._policy(policy, changes)
+        self._masquerade(view, changes)
         desired = DesiredState(state.revision, uplink, endpoints, kernel, bpf, attached, policy,
                                table)
         return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
                                 time.monotonic() - started)
+
+    def _carry_into_bpf(self, node_object: NodeObject, endpoints: LocalEndpoints) -> None:
+        """iptables -> bpf, once, before the programs are attached: the established flows
+        of the kernel's conntrack into the BPF conntrack and policy flows, so service
+        flows keep the backend iptables chose and no flow is judged as new."""
+        if self.flows_carried:
+            return
+        self.flows_carried = True
+        try:
+            if not iptables_dataplane_present():
+                return
+            local = frozenset(a for e in endpoints.endpoints for a in e.addresses)
+            carried = import_into_bpf(node_object, local)
+        except (ApplyError, OSError) as err:
+            log.warning("carrying flows from iptables into bpf failed: %s", err)
+            return
+        log.info("carried flows from iptables into bpf: %s", carried.summary())
+        for flow in carried.not_carried:
+            log.warning("flow not carried into bpf: %s", flow)
+
+    def _leaving_bpf(self) -> bool:
+        """iptables mode, the first reconcile after a bpf-mode agent: its links are pinned."""
+        if self.config.dataplane is Dataplane.BPF or self.flows_carried:
+            return False
+        self.flows_carried = True
+        path = links_dir(self.config.pins)
+        return os.path.isdir(path) and bool(os.listdir(path))
+
+    def _prepare_iptables(self, state: ClusterState, endpoints: LocalEndpoints,
+                          devices: dict[str, int]) -> None:
+        """bpf -> iptables, before the kernel state changes: the service and policy rules
+        in place for new flows, then the BPF flows into nf_conntrack, so established ones
+        keep their translation and are not judged as new."""
+        try:
+            sync_service_rules(service_table(state, self.config.node))
+            sync_policy_rules(policy_state(state, self.config.node, endpoints.endpoints,
+                                           self.config.failsafe, interface_ifindexes=devices))
+            carried = export_from_pins(self.config.pins)
+        except (ApplyError, OSError) as err:
+            log.warning("carrying flows from bpf into iptables failed: %s", err)
+            return
+        log.info("carried flows from bpf into iptables: %s", carried.summary())
+        for flow in carried.not_carried:
+            log.warning("flow not carried into iptables: %s", flow)
+
+    def _tunnel_rx(self, tunnel: int | None) -> list[str]:
+        """iptables mode: frames from bpf-mode peers accepted on the tunnel (see
+        apply/tunnelrx.py), bound again whenever the device was made again."""
+        wanted = tunnel if self.config.dataplane is not Dataplane.BPF else None
+        if wanted == self.tunnel_rx:
+            return []
+        try:
+            if wanted is None:
+                remove_tunnel_rx()
+            else:
+                install_tunnel_rx()
+        except ApplyError as err:
+            return [str(err)]
+        self.tunnel_rx = wanted
+        return []
+
+    def _detach_bpf(self, ifindexes: dict[str, int]) -> None:
+        links = sync_links(self.config.pins, {}, frozenset(), ifindexes).changes
+        hooks = sync_cgroup_links(self.config.pins, {}, None)
+        log.info("detached the bpf dataplane: links -%d, socket hooks -%d", links.removed,
+                 hooks.removed)
 
     def _services(self, state: ClusterState, changes: ChangeLog) -> list[str]:
         """iptables mode: the node's Services as kube-proxy-shaped NAT rules. bpf mode:
@@ -193,6 +286,14 @@ class Reconciler:
         if removed:
             changes["iptables services"] = Changes(removed=removed)
         return []
+
+    def _masquerade(self, view: NodeView, changes: ChangeLog) -> None:
+        """iptables mode: masquerade as a SLUICE-MASQ chain (removed when off). bpf mode:
+        the datapath masquerades; the chain an iptables-mode agent left goes with the
+        other SLUICE chains (see _services)."""
+        if self.config.dataplane is not Dataplane.BPF:
+            changes["masquerade rules"] = sync_masq_rules(
+                masquerade_state(view, self.config.masquerade))
 
     def _policy(self, policy: PolicyState, changes: ChangeLog) -> list[str]:
         """iptables mode: policy as per-endpoint chains and ipsets. bpf mode: remove, once,
@@ -228,7 +329,8 @@ class Reconciler:
         if self.node_object is None:
             self.node_object = NodeObject.load(
                 self.config.pins, tunnel_vni=TUNNEL_VNI, service_vni=SERVICE_VNI,
-                maglev_table_size=self.config.lb.maglev_table_size)
+                maglev_table_size=self.config.lb.maglev_table_size,
+                map_sizes=dict(self.config.map_sizes))
             log.info("loaded the node datapath; maps pinned in %s", self.config.pins)
             self.policy_log = PolicyLogReader(
                 self.node_object.obj.map_fd(EVENTS_MAP), lambda: self.rule_origins,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sluice.apply.errors import ApplyError
 from sluice.apply.lbmaps import LbMaps
+from sluice.apply.masqmaps import MasqMaps
 from sluice.apply.policymaps import PolicyMaps
 from sluice.bpffs import is_bpffs
 from sluice.compile.devices import SERVICE_VNI, TUNNEL_VNI
@@ -24,11 +26,12 @@ from sluice.compile.maglev import DEFAULT_TABLE_SIZE
 from sluice.datapath import conntrack as ct
 from sluice.datapath import endpoints as ep
 from sluice.datapath import events as ev
-from sluice.datapath import lb
+from sluice.datapath import lb, masq
 from sluice.datapath import policy as pol
 from sluice.datapath import prefilter as pf
 from sluice.datapath import routing as rt
 from sluice.loader import BpfObject, LayoutMismatchError, LibbpfError, Map, Program
+from sluice.loader.migrate import MigrationError
 from sluice.loader.objects import VerifierError
 
 OBJECT_NAME = "node"
@@ -48,12 +51,17 @@ PINNED_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
     (pol.HOST_INTERFACES_MAP, ctypes.c_uint32, ctypes.c_uint32),
     (pf.MAP_NAME, pf.PrefilterKey, pf.PrefilterEntry),
     (pol.FLOWS_MAP, ct.CtKey, pol.PolicyFlow),
+    (masq.CONFIG_MAP, ctypes.c_uint32, masq.MasqConfig),
+    (masq.NONMASQ_MAP, masq.NonMasqKey, ctypes.c_uint32),
+    (masq.MAPPINGS_MAP, masq.MasqKey, masq.MasqEntry),
 )
 # Maps without a Python layout: pinned, shared and removed, never read by the agent.
 OPAQUE_MAPS = ("conntrack", lb.AFFINITY_MAP, lb.SOCK_REV_MAP, lb.SELECTIONS_MAP,
                pol.COUNTERS_MAP, pol.EVENTS_MAP, ev.EVENTS_MAP, ev.CONFIG_MAP, ev.STATS_MAP,
-               ev.WINDOW_MAP, ev.COUNTERS_MAP, "node_scratch")
+               ev.WINDOW_MAP, ev.COUNTERS_MAP, "node_scratch", masq.SCRATCH_MAP)
 REMOVE_HINT = "remove this node's pins with `sluice agent --node NODE --uninstall` first"
+# Scratch memory of the programs: created afresh when its layout changes, never migrated.
+RECREATED_MAPS = ("node_scratch", ev.WINDOW_MAP, masq.SCRATCH_MAP)
 
 
 @dataclass
@@ -72,16 +80,18 @@ class NodeObject:
     @classmethod
     def load(cls, pin_dir: str, *, tunnel_vni: int = TUNNEL_VNI,
              service_vni: int = SERVICE_VNI,
-             maglev_table_size: int = DEFAULT_TABLE_SIZE) -> NodeObject:
+             maglev_table_size: int = DEFAULT_TABLE_SIZE,
+             map_sizes: Mapping[str, int] | None = None) -> NodeObject:
         prepare_pin_dir(pin_dir)
-        verify_pinned_maps(pin_dir)
-        obj = _load(OBJECT_NAME, pin_dir, tunnel_vni=tunnel_vni, service_vni=service_vni,
-                    maglev_table_size=maglev_table_size)
+        sizes = map_sizes or {}
+        # Pinned maps of another layout or size are migrated by the load (loader.migrate).
+        obj = _load(OBJECT_NAME, pin_dir, sizes, tunnel_vni=tunnel_vni,
+                    service_vni=service_vni, maglev_table_size=maglev_table_size)
         loaded = [obj]
         try:
-            sock = _load(SOCK_OBJECT_NAME, pin_dir, maglev_table_size=maglev_table_size)
+            sock = _load(SOCK_OBJECT_NAME, pin_dir, sizes, maglev_table_size=maglev_table_size)
             loaded.append(sock)
-            prefilter = _load(PREFILTER_OBJECT_NAME, pin_dir)
+            prefilter = _load(PREFILTER_OBJECT_NAME, pin_dir, sizes)
             loaded.append(prefilter)
             maps = LbMaps(obj.map(lb.SERVICES_MAP, lb.LbKey, lb.LbValue),
                           obj.map(lb.BACKENDS_MAP, lb.BackendId, lb.LbBackend),
@@ -106,6 +116,17 @@ class NodeObject:
                 loaded_obj.close()
             raise
 
+    def catch_up_migrations(self) -> int:
+        """Once the links run the new programs: entries the old programs still wrote to
+        maps this load migrated are carried over, and the old maps let go."""
+        return sum(o.catch_up_migrations() for o in (self.obj, self.sock_obj,
+                                                     self.prefilter_obj))
+
+    def masq_maps(self) -> MasqMaps:
+        return MasqMaps(self.obj.map(masq.CONFIG_MAP, ctypes.c_uint32, masq.MasqConfig),
+                        self.obj.map(masq.NONMASQ_MAP, masq.NonMasqKey, ctypes.c_uint32),
+                        self.obj.map(masq.MAPPINGS_MAP, masq.MasqKey, masq.MasqEntry))
+
     def close(self) -> None:
         """Drop the process's handles; pinned maps and links stay in the kernel."""
         self.prefilter_obj.close()
@@ -113,12 +134,15 @@ class NodeObject:
         self.obj.close()
 
 
-def _load(name: str, pin_dir: str, **rodata: int) -> BpfObject:
+def _load(name: str, pin_dir: str, map_sizes: Mapping[str, int], **rodata: int) -> BpfObject:
     obj = BpfObject.open(name, pin_dir=pin_dir)
     try:
+        obj.resize_maps(map_sizes)
         obj.set_rodata(**rodata)
         try:
-            obj.load()
+            obj.load(migrate_pins=True, recreate=RECREATED_MAPS)
+        except MigrationError as err:
+            raise ApplyError(f"loading the {name} datapath: {err}") from err
         except VerifierError:
             raise
         except LibbpfError as err:

@@ -8,6 +8,9 @@ figure. The changed EndpointSlice lives in a file of its own, rewritten per chan
 is the agent's /proc/<pid>/stat delta from the write until the agents settled, children
 included: iptables-restore runs as the agent's child, so the iptables figure holds it.
 
+sync also syncs, apart, 1,000 Pods on node2 and 1,000 NetworkPolicies selecting them
+(peers by label and by CIDR): identities, the ipcache and per-policy compile, one batch.
+
 agent-mem: node1's agent's RSS while the datastore holds those Services and 1,000 Pods
 running on node2 (remote pods to node1: policy identities, no local endpoints). The Pods
 are objects only, written into the datastore the way the lab writes a running Pod.
@@ -54,6 +57,8 @@ POD_APPS = 50  # distinct app labels, so identities are shared as in a real clus
 BATCH_FILE = "zz-bench-scale.json"
 CHANGE_FILE = "zz-bench-scale-changed-slice.json"
 PODS_FILE = "zz-bench-scale-pods.json"
+POLICIES = 1_000
+POLICIES_FILE = "zz-bench-scale-policies.json"
 MIB = 1 << 20
 RECONCILED = re.compile(r"reconciled revision (\d+) in (\d+) ms")
 FAILED = re.compile(r"reconcile failed \((\d+) in a row.*")
@@ -101,6 +106,24 @@ def pod_documents(lab: BenchLab) -> list[dict[str, Any]]:
         pod = Pod.model_validate(spec)
         address = str(ipaddress.IPv4Address(POD_IP_BASE + index))
         docs.append(to_manifest(objects.running(pod, node, [address])))
+    return docs
+
+
+def policy_documents() -> list[dict[str, Any]]:
+    """POLICIES NetworkPolicies over the pods of pod_documents: each admits one other app
+    and a /28 (outside the lab's addresses) to one port."""
+    docs: list[dict[str, Any]] = []
+    for index in range(POLICIES):
+        cidr = f"198.19.{64 + index // 16}.{(index % 16) * 16}/28"
+        docs.append({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"np{index:04d}", "namespace": "scale"},
+            "spec": {"podSelector": {"matchLabels": {"app": f"app{index % POD_APPS}"}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [
+                         {"podSelector": {"matchLabels": {"app": f"app{(index + 1) % POD_APPS}"}}},
+                         {"ipBlock": {"cidr": cidr}}],
+                         "ports": [{"protocol": "TCP", "port": 8000 + index % 100}]}]}})
     return docs
 
 
@@ -208,28 +231,36 @@ class Scaled:
 
 
 @contextlib.contextmanager
-def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False) -> Iterator[Scaled]:
-    """The lab with the run's Services (and PODS remote pods) in its datastore; removed
-    after."""
+def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False,
+           policies: bool = False, services: bool = True) -> Iterator[Scaled]:
+    """The lab with the run's Services (and PODS remote pods, and POLICIES policies over
+    them) in its datastore; removed after."""
     datastore = lab.state.paths.datastore
-    written = [datastore / name for name in (CHANGE_FILE, BATCH_FILE, PODS_FILE)]
-    count = service_count(ctx)
+    written = [datastore / name
+               for name in (CHANGE_FILE, BATCH_FILE, PODS_FILE, POLICIES_FILE)]
+    count = service_count(ctx) if services else 0
     docs = scale_documents(count)
     _check(docs, "bench scale objects")
     pod_docs = pod_documents(lab) if pods else []
     if pod_docs:
         _check(pod_docs, "bench scale pods")
+    policy_docs = policy_documents() if policies else []
+    if policy_docs:
+        _check(policy_docs, "bench scale policies")
     try:
         before = lab.agent_revisions()
         _write_list(lab, CHANGE_FILE, [endpoint_slice(CHANGED, ENDPOINTS)])
         lab.settle(before)  # a slice without its Service: nothing to program yet
         ctx.say(f"sync {lab.dataplane}: writing {count} services"
-                + (f" and {PODS} pods" if pods else ""))
+                + (f", {PODS} pods" if pods else "")
+                + (f", {POLICIES} policies" if policies else ""))
 
         def write() -> None:
             _write_list(lab, BATCH_FILE, docs)
             if pod_docs:
                 _write_list(lab, PODS_FILE, pod_docs)
+            if policy_docs:
+                _write_list(lab, POLICIES_FILE, policy_docs)
 
         yield Scaled(lab, _changed(lab, write))
     finally:
@@ -252,7 +283,7 @@ def _failure_noted(ctx: BenchContext, dataplane: str, failures: dict[str, str]
     """A dataplane whose agent cannot sync at this scale is a result, not a crash."""
     try:
         yield
-    except LabError as err:
+    except (LabError, RuntimeError) as err:  # RuntimeError: nothing to program, no reconcile
         failures[dataplane] = str(err)
         ctx.say(f"{dataplane}: {err}")
 
@@ -268,6 +299,8 @@ def run_sync(ctx: BenchContext) -> list[BenchRow]:
     reconciles: dict[str, list[int]] = {d: [] for d in DATAPLANES}
     change: dict[str, list[float]] = {d: [] for d in DATAPLANES}
     change_cpu: dict[str, list[float]] = {d: [] for d in DATAPLANES}
+    policy_sync: dict[str, list[float]] = {d: [] for d in DATAPLANES}
+    policy_failures: dict[str, str] = {}  # iptables: remote pods leave node1 nothing to do
     full_rounds = 1 if ctx.quick else 3
     changes = ctx.repeats
     started = time.monotonic()
@@ -288,6 +321,11 @@ def run_sync(ctx: BenchContext) -> list[BenchRow]:
                 change_cpu[dataplane].append(spent_one)
         if dataplane in failures:
             continue
+        with _failure_noted(ctx, dataplane, policy_failures), \
+                scaled(lab, ctx, pods=True, policies=True, services=False) as with_policies:
+            policy_sync[dataplane].append(with_policies.full_sync[0])
+            ctx.say(f"sync: round {round_ + 1} {dataplane}: {PODS} pods x {POLICIES} "
+                    f"policies full sync {policy_sync[dataplane][-1]:.2f} s")
         ctx.say(f"sync: round {round_ + 1} {dataplane}: full sync {seconds:.2f} s "
                 f"({count} reconciles), CPU {spent:.2f} s (children {child:.2f} s), one "
                 f"change {', '.join(f'{v:.0f}' for v in change[dataplane][-changes:])} ms (CPU "
@@ -312,6 +350,14 @@ def run_sync(ctx: BenchContext) -> list[BenchRow]:
                  f"one EndpointSlice's first endpoint moved, {changes} changes per round, "
                  f"at {count} Services", bpf_at_most(10, "ms"), note=note,
                  extra={"cpuSeconds": change_cpu}),
+        BenchRow("sync", f"full sync, {PODS} pods x {POLICIES} policies", "time", "s", "lower",
+                 Samples.of(policy_sync["bpf"]) if policy_sync["bpf"] else Samples.of([0.0]),
+                 _maybe(policy_sync["iptables"]), SYNC_TOOL,
+                 f"{PODS} Pods on {POD_NODE} ({POD_APPS} label sets) and {POLICIES} "
+                 "NetworkPolicies (a pod selector and a /28 each) in one datastore batch; "
+                 f"duration of {NODE}'s reconcile(s); no pod is local to {NODE}, so this is "
+                 "identities, ipcache and policy compile, not per-endpoint verdicts", None,
+                 note="; ".join(f"{d}: {why}" for d, why in policy_failures.items())),
         BenchRow("sync", f"full sync CPU, {count} services", "CPU", "s", "lower",
                  Samples.of(cpu["bpf"]),
                  _maybe(cpu["iptables"]), SYNC_TOOL,

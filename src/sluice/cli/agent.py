@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -24,6 +25,8 @@ from sluice.agent.config import (
 )
 from sluice.agent.runner import StartupError, run_agent
 from sluice.agent.uninstall import uninstall
+from sluice.apply.mapsizes import parse_map_sizes
+from sluice.apply.masqmaps import ports_problem
 from sluice.cli.optionsources import effective_options, enable_option_sources, with_origin
 from sluice.compile.failsafe import (
     DEFAULT_INBOUND,
@@ -33,9 +36,18 @@ from sluice.compile.failsafe import (
 )
 from sluice.compile.lbstate import ExternalMode, LbAlgorithm, LbOptions
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE, validate_table_size
+from sluice.compile.masquerade import (
+    DEFAULT_NON_MASQUERADE,
+    DEFAULT_PORTS_TEXT,
+    MasqueradeOptions,
+    parse_nonmasq_cidrs,
+    parse_port_range,
+)
 from sluice.compile.policytypes import FailsafePort
 from sluice.compile.topology import Dataplane, RoutingMode
 from sluice.loader.attach import is_cgroup_root
+
+GC_THRESHOLDS = (50_000, 20, 20)
 
 DESCRIPTION = """\
 Run the node agent. It reads the cluster from the datastore and the pods wired on this node
@@ -154,6 +166,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "iptables-nft, also conntrack and listing) is killed. Other "
                              "namespaces are untouched. Off: a blocker left by an earlier run "
                              "is removed")
+    parser.add_argument("--masquerade", choices=["on", "off"], default="on",
+                        help="SNAT what local pods send out of the cluster to the node's "
+                             "InternalIP: in the datapath (bpf mode) or by a SLUICE-MASQ "
+                             "MASQUERADE chain (iptables mode) (default: %(default)s; `sluice "
+                             "lab up` passes off unless given --masquerade)")
+    parser.add_argument("--non-masquerade-cidrs", default=DEFAULT_NON_MASQUERADE,
+                        metavar="LIST",
+                        help="destinations that keep the pod's address besides every node's "
+                             "pod CIDRs and InternalIPs (always kept), as CIDR,... or 'none'; "
+                             "replaces the default (default: %(default)s)")
+    parser.add_argument("--masquerade-ports", default=DEFAULT_PORTS_TEXT, metavar="LO-HI",
+                        help="bpf mode: node ports of masqueraded flows, disjoint from the "
+                             "node's net.ipv4.ip_local_port_range and the NodePort range "
+                             "(default: %(default)s)")
+    parser.add_argument("--map-size", default="", metavar="NAME=ENTRIES[,...]",
+                        help="bpf mode: max entries of maps that grow with the cluster, e.g. "
+                             "lb_services=524288,conntrack=1048576 (ring buffers: bytes, a "
+                             "power of two); the rest keep their defaults. Applies to maps "
+                             "created anew: a pinned map keeps its size")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info", help="(default: %(default)s)")
     parser.add_argument("--allow-host-netns", action="store_true",
@@ -227,6 +258,19 @@ def run(args: argparse.Namespace) -> int:
                                        _at_least(args.flow_log_size, 1, "--flow-log-size"))
     except ValueError as err:
         return _fail(str(err), 2, args)
+    try:
+        masquerade = MasqueradeOptions(args.masquerade == "on",
+                                       parse_nonmasq_cidrs(args.non_masquerade_cidrs),
+                                       parse_port_range(args.masquerade_ports))
+    except ValueError as err:
+        return _fail(str(err), 2, args)
+    try:
+        map_sizes = parse_map_sizes(args.map_size)
+        if map_sizes.get("lb_maglev", table_size) < table_size:
+            raise ValueError(f"--map-size lb_maglev={map_sizes['lb_maglev']}: holds not one "
+                             f"Maglev table of --maglev-table-size {table_size} slots")
+    except ValueError as err:
+        return _fail(str(err), 2, args)
     if args.cgroup is not None and not os.path.isdir(args.cgroup):
         return _fail(f"--cgroup {args.cgroup}: no such cgroup directory", 2, args)
     netfilter_problem = _netfilter_problem(args)
@@ -243,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         failsafe=tuple(dict.fromkeys(failsafe)), flow_events=flow_events,
         netfilter_monitor=args.netfilter_monitor,
         netfilter_monitor_interval=args.netfilter_monitor_interval,
-        netfilter_blocker=args.netfilter_blocker)
+        netfilter_blocker=args.netfilter_blocker, masquerade=masquerade,
+        map_sizes=tuple(map_sizes.items()))
     if config.netns is not None:
         # Before anything starts a thread: every later thread inherits the namespace.
         try:
@@ -258,6 +303,14 @@ def run(args: argparse.Namespace) -> int:
         for line in uninstall(config):
             print(line)
         return 0
+    if config.dataplane is Dataplane.BPF and config.masquerade.enabled:
+        # In the node's namespace now: its ephemeral ports are the ones to avoid.
+        problem = ports_problem(config.masquerade.ports)
+        if problem is not None:
+            return _fail(problem, 2, args)
+    # A large cluster is millions of long-lived objects made at once; the default
+    # thresholds re-walk them every few thousand allocations (2-3x a 10k-Service sync).
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         return run_agent(config)
     except StartupError as err:

@@ -72,7 +72,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
-    resources = load_resources(command, args.paths)
+    resources = load_resources(f"sluice {command}", args.paths)
     if resources is None:
         return 2
     url = args.datastore or os.environ.get(DATASTORE_ENV)
@@ -98,13 +98,15 @@ def _run(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def load_resources(command: str, paths: Sequence[str]) -> list[Resource] | None:
-    """Every object of PATHS; on problems print them all and return None."""
+def load_resources(prog: str, paths: Sequence[str]) -> list[Resource] | None:
+    """Every object of PATHS; on problems print them all, each prefixed by PROG
+    ("sluice apply", "sluice lab up"), and return None."""
     resources: list[Resource] = []
     for path in paths:
         files = manifest_files(path)
         if not files:
-            _fail(command, f"{path}: no *.yaml, *.yml or *.json files in directory")
+            print(f"{prog}: {path}: no *.yaml, *.yml or *.json files in directory",
+                  file=sys.stderr)
             return None
         for file in files:
             result = parse_file(file)
@@ -112,8 +114,8 @@ def load_resources(command: str, paths: Sequence[str]) -> list[Resource] | None:
                 for problem in result.problems:
                     print(problem, file=sys.stderr)
                 count = len(result.problems)
-                _fail(command, f"{result.file}: {count} problem{'s' if count != 1 else ''}; "
-                               "nothing was written")
+                print(f"{prog}: {result.file}: {count} problem{'s' if count != 1 else ''}; "
+                      "nothing was changed", file=sys.stderr)
                 return None
             resources.extend(result.resources)
     return resources

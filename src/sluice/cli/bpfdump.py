@@ -11,7 +11,7 @@ from typing import Any
 
 from sluice.cli.pindir import PIN_DIR_HELP, add_node_options, pin_dir_of
 from sluice.loader import LibbpfError
-from sluice.observe import ctview, mapdumps
+from sluice.observe import ctview, mapdumps, masqview
 
 CT_EPILOG = PIN_DIR_HELP + """
 
@@ -47,6 +47,7 @@ def add_parsers(bpf_sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
         parser.set_defaults(handler=run_ct_list if action == "list" else run_ct_flush)
     _simple(bpf_sub, "nat", "translations of service flows (the forward legs)", _nat)
+    _simple(bpf_sub, "masq", "masqueraded flows: pod, peer, the node address and port", _masq)
     _simple(bpf_sub, "routes", "the route table with per-route hit counters", _routes)
     _simple(bpf_sub, "endpoints", "the local endpoints map", _endpoints)
     counters = bpf_sub.add_parser(
@@ -121,6 +122,11 @@ def _ct_flush(pin_dir: str, args: argparse.Namespace) -> tuple[Any, str]:
 def _nat(pin_dir: str, args: argparse.Namespace) -> tuple[Any, str]:
     rows = ctview.read_conntrack(pin_dir, ctview.CtFilter(kind="dnat"))
     return [r.as_dict() for r in rows], ctview.render_nat(rows)
+
+
+def _masq(pin_dir: str, args: argparse.Namespace) -> tuple[Any, str]:
+    rows = masqview.read_mappings(pin_dir)
+    return rows, masqview.render_mappings(rows)
 
 
 def _routes(pin_dir: str, args: argparse.Namespace) -> tuple[Any, str]:

@@ -8,15 +8,25 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sluice.lab import cleanup, lifecycle, names, shell, views
+from sluice.cli.apply import load_resources
+from sluice.lab import cleanup, lifecycle, names, procs, shell, views
 from sluice.lab.errors import LabError
 from sluice.lab.interrupts import Terminated
 from sluice.lab.manifests import apply_resources, delete_resources
-from sluice.lab.plan import DATAPLANES, IP_FAMILIES, MAX_NODES, ROUTINGS, LabOptions
+from sluice.lab.plan import (
+    DATAPLANES,
+    DATASTORES,
+    IP_FAMILIES,
+    MAX_NODES,
+    ROUTINGS,
+    LabOptions,
+    parse_node_dataplanes,
+)
 from sluice.lab.probe import DEFAULT_TIMEOUT, MAX_COUNT, PROTOCOLS, Probe, report, report_many
-from sluice.lab.state import load_ready, locked
+from sluice.lab.restart import restart_agent
+from sluice.lab.state import LabState, load_ready, locked
+from sluice.lab.switch import switch as switch_node
 from sluice.lab.targets import resolve_destination, resolve_place
-from sluice.model import Resource, manifest_files, parse_file
 
 DESCRIPTION = """\
 A Sluice cluster on this machine. Every node is a network namespace running a real
@@ -111,6 +121,19 @@ or the command is interrupted (Ctrl-C, SIGTERM), everything made so far is remov
                     help="between nodes: vxlan overlay or native routing; default vxlan")
     up.add_argument("--ip-family", choices=IP_FAMILIES, default="dual",
                     help="address families of nodes, pods and services; default dual")
+    up.add_argument("--datastore", choices=DATASTORES, default="file",
+                    help="where the lab's objects live: a directory (file) or an etcd the lab "
+                         "runs in its underlay namespace at 198.18.0.2:2379 (etcd); "
+                         "default file")
+    up.add_argument("--node-dataplane", metavar="NODE=DATAPLANE[,...]", default="",
+                    help="run these nodes on another dataplane than --dataplane, e.g. "
+                         "node2=iptables (a mixed cluster)")
+    up.add_argument("--masquerade", action="store_true",
+                    help="agents SNAT pod traffic leaving the cluster to the node's address "
+                         "(--masquerade on); default off here, as the underlay routes pod "
+                         "CIDRs (the agent's own default is on)")
+    up.add_argument("--non-masquerade-cidrs", metavar="LIST", default="",
+                    help="the agents' --non-masquerade-cidrs (default: theirs)")
     _files_arg(up, required=False)
 
     _sub(lab, "down", "remove a lab and everything it made", """\
@@ -140,6 +163,28 @@ namespace). Objects that do not exist are an error (nothing changes) unless
                "Show the lab's nodes (with agent status), pods and services.", _get)
     get.add_argument("kind", nargs="?", choices=views.KINDS, help="what to show (default: all)")
     _output_arg(get)
+
+    switch = _sub(lab, "switch", "restart a node's agent with another dataplane", """\
+Stop NODE's agent (SIGTERM) and start it with --dataplane, waiting until it answers
+/healthz. Established TCP and UDP flows survive: the new agent carries the conntrack
+state across before it removes what the old dataplane installed. The node's dataplane is
+recorded in the lab state (lab status shows it).""", _switch)
+    switch.add_argument("node", metavar="NODE")
+    switch.add_argument("--dataplane", choices=DATAPLANES, required=True,
+                        help="the dataplane to run the node on")
+
+    restart = _sub(lab, "restart-agent", "stop a node's agent and start it again", """\
+Stop NODE's agent (SIGTERM, or SIGKILL with --kill: as a crash would) and start it
+again, waiting until it answers /healthz. The datapath keeps forwarding meanwhile (pinned
+maps and links, or iptables rules); the new agent adopts it and reconciles by diff.""",
+                   _restart_agent)
+    restart.add_argument("node", metavar="NODE")
+    restart.add_argument("--kill", action="store_true",
+                         help="SIGKILL the agent instead of SIGTERM")
+
+    status = _sub(lab, "status", "show each node's dataplane and agent",
+                  "Show the lab's options and, per node, its dataplane and agent.", _status)
+    _output_arg(status)
 
     execute = _sub(lab, "exec", "run a command in a node, pod, external or underlay", """\
 Run COMMAND in TARGET's network namespace (NS/POD, node/NODE, external or underlay) and
@@ -202,36 +247,17 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
         return 128 + err.signum
 
 
-def _load_manifests(command: str, paths: list[str]) -> list[Resource] | None:
-    """Every resource in PATHS; on problems, print them all and return None."""
-    resources: list[Resource] = []
-    for path in paths:
-        files = manifest_files(path)
-        if not files:
-            print(f"sluice lab {command}: {path}: no *.yaml, *.yml or *.json files in "
-                  "directory", file=sys.stderr)
-            return None
-        for file in files:
-            result = parse_file(file)
-            if result.problems:
-                for problem in result.problems:
-                    print(problem, file=sys.stderr)
-                count = len(result.problems)
-                print(f"sluice lab {command}: {result.file}: {count} problem"
-                      f"{'s' if count != 1 else ''}; nothing was changed", file=sys.stderr)
-                return None
-            resources.extend(result.resources)
-    return resources
-
-
 def _up(args: argparse.Namespace) -> int:
-    resources = _load_manifests("up", args.paths)
+    resources = load_resources("sluice lab up", args.paths)
     if resources is None:
         return 1
 
     def body() -> int:
         options = LabOptions(nodes=args.nodes, dataplane=args.dataplane, routing=args.routing,
-                             ip_family=args.ip_family)
+                             ip_family=args.ip_family, datastore=args.datastore,
+                             node_dataplanes=parse_node_dataplanes(args.node_dataplane),
+                             masquerade=args.masquerade,
+                             non_masquerade_cidrs=args.non_masquerade_cidrs)
         lifecycle.up(args.name, options, resources, _say)
         _say(f"next: sluice lab get --name {args.name} | sluice lab down --name {args.name}")
         return 0
@@ -258,7 +284,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace, command: str) -> int:
-    resources = _load_manifests(command, args.paths)
+    resources = load_resources(f"sluice lab {command}", args.paths)
     if resources is None:
         return 1
 
@@ -282,16 +308,79 @@ def _delete(args: argparse.Namespace) -> int:
     return _change(args, "delete")
 
 
+def _datastore(state: LabState) -> dict[str, Any]:
+    """The lab's datastore: what the agents use, and how to reach it from this host."""
+    paths = state.paths
+    doc: dict[str, Any] = {"type": state.options.datastore, "url": paths.agent_datastore_url}
+    if state.etcd is not None:
+        doc["netns"] = names.underlay_netns(state.name)
+        doc["etcd"] = {"pid": state.etcd.pid, "running": procs.is_running(state.etcd),
+                       "dataDir": str(paths.etcd_data), "log": state.etcd.log}
+    return doc
+
+
+def _datastore_line(state: LabState) -> str:
+    doc = _datastore(state)
+    if "etcd" not in doc:
+        return f"datastore: {doc['url']}"
+    etcd = doc["etcd"]
+    return (f"datastore: {doc['url']} in namespace {doc['netns']} (etcd pid {etcd['pid']}, "
+            f"{'running' if etcd['running'] else 'stopped'}); write to it with: sluice apply "
+            f"-f FILE --datastore {doc['url']} --netns {doc['netns']}")
+
+
 def _get(args: argparse.Namespace) -> int:
     def body() -> int:
         state = load_ready(args.name)
         kinds = [args.kind] if args.kind else list(views.KINDS)
         rows = {kind: views.ROWS[kind](state) for kind in kinds}
         if args.output == "json":
-            doc: Any = rows[args.kind] if args.kind else rows
+            doc: Any = rows[args.kind] if args.kind else {"datastore": _datastore(state),
+                                                          **rows}
             print(json.dumps(doc, indent=2))
             return 0
+        if not args.kind:
+            print(_datastore_line(state) + "\n")
         print("\n\n".join(views.table(kind, rows[kind]) for kind in kinds))
+        return 0
+
+    return _guarded(args, body)
+
+
+def _switch(args: argparse.Namespace) -> int:
+    def body() -> int:
+        switch_node(args.name, args.node, args.dataplane, _say)
+        return 0
+
+    return _guarded(args, body)
+
+
+def _restart_agent(args: argparse.Namespace) -> int:
+    def body() -> int:
+        restart_agent(args.name, args.node, kill=args.kill, say=_say)
+        return 0
+
+    return _guarded(args, body)
+
+
+def _status(args: argparse.Namespace) -> int:
+    def body() -> int:
+        state = load_ready(args.name)
+        options = state.options
+        nodes = [{**row, "dataplane": options.dataplane_of(row["name"])}
+                 for row in views.node_rows(state)]
+        if args.output == "json":
+            print(json.dumps({"name": state.name, "routing": options.routing,
+                              "ipFamily": options.ip_family, "datastore": _datastore(state),
+                              "nodes": nodes}, indent=2))
+            return 0
+        print(f"lab {state.name}: {len(nodes)} nodes, {options.routing} routing, "
+              f"{options.ip_family}")
+        print(_datastore_line(state))
+        for row in nodes:
+            agent = row["agent"]
+            print(f"{row['name']:<8} {row['dataplane']:<9} agent pid {agent['pid']} "
+                  f"{agent['status']}")
         return 0
 
     return _guarded(args, body)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sluice.datastore.state import ClusterState
+from sluice.model import Node
 from sluice.model.addresses import IPAddress, IPNetwork
 
 
@@ -21,6 +22,17 @@ class Dataplane(Enum):
 
     BPF = "bpf"  # eBPF host routing: pod traffic bypasses the host's routing and netfilter
     IPTABLES = "iptables"  # standard Linux: host routes, kernel VXLAN, the host stack forwards
+
+
+# On a Node: the dataplane its agent runs (default bpf). A bpf node SNATs external flows it
+# forwards to a backend on an iptables node, which could not return their replies.
+DATAPLANE_ANNOTATION = "sluice.io/dataplane"
+
+
+def node_dataplane(node: Node) -> Dataplane:
+    """The dataplane NODE's annotation names; bpf when it names none or an unknown one."""
+    value = node.metadata.annotations.get(DATAPLANE_ANNOTATION, Dataplane.BPF.value)
+    return Dataplane.IPTABLES if value == Dataplane.IPTABLES.value else Dataplane.BPF
 
 
 class UnknownNodeError(LookupError):

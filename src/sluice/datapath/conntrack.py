@@ -22,6 +22,7 @@ class CtFlags(IntFlag):
     DSR = 1 << 0
     REMOTE = 1 << 1
     HAIRPIN = 1 << 2
+    MASQ = 1 << 3  # from outside to a backend on a node without the bpf datapath: SNATed
 
 
 class CtKey(ctypes.Structure):

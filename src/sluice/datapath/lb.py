@@ -28,6 +28,13 @@ class LbFlags(IntFlag):
 NO_FLAGS = LbFlags(0)
 
 
+class BackendFlags(IntFlag):
+    FOREIGN = 1 << 0  # on a node without the bpf datapath: outside clients' flows are SNATed
+
+
+NO_BACKEND_FLAGS = BackendFlags(0)
+
+
 class LbKey(ctypes.Structure):
     _c_name_ = "lb_key"
     _fields_ = [
@@ -79,8 +86,10 @@ class LbBackend(ctypes.Structure):
     ]
 
     @classmethod
-    def of(cls, address: IPAddress | str, port: int, protocol: str) -> LbBackend:
-        return cls(addr=SlAddr.of(address), port=socket.htons(port), proto=PROTOCOLS[protocol])
+    def of(cls, address: IPAddress | str, port: int, protocol: str,
+           flags: BackendFlags = NO_BACKEND_FLAGS) -> LbBackend:
+        return cls(addr=SlAddr.of(address), port=socket.htons(port), proto=PROTOCOLS[protocol],
+                   flags=int(flags))
 
 
 BackendId = ctypes.c_uint32

@@ -7,6 +7,13 @@ class DatastoreError(Exception):
     """A datastore refused a request or cannot serve it; nothing was changed."""
 
 
+def refusal_message(action: str, refusals: list[str]) -> str:
+    """The message of a request refused whole: "apply refused, nothing was changed:" and
+    one indented line per refused object."""
+    lines = "".join(f"\n  {refusal}" for refusal in refusals)
+    return f"{action} refused, nothing was changed:{lines}"
+
+
 class ObjectNotFoundError(DatastoreError):
     """A delete named an object the datastore does not hold."""
 

@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
-from sluice.datastore.errors import DatastoreError, ObjectNotFoundError, ResyncRequired
+from sluice.datastore.errors import (
+    DatastoreError,
+    ObjectNotFoundError,
+    ResyncRequired,
+    refusal_message,
+)
 from sluice.datastore.etcdclient import EtcdClient, Json, Member, b64, prefix_end, unb64
 from sluice.datastore.fastparse import parse_faultless
 from sluice.datastore.interface import Datastore
@@ -340,7 +345,7 @@ class EtcdDatastore(Datastore):
                 continue
             values[etcd_key] = value
         if refusals:
-            raise DatastoreError(_refused("apply", refusals))
+            raise DatastoreError(refusal_message("apply", refusals))
         return values
 
     def delete(self, keys: Sequence[ResourceKey]) -> int:
@@ -365,7 +370,7 @@ class EtcdDatastore(Datastore):
         if not missing:  # they came back meanwhile: report rather than retry
             raise DatastoreError("delete refused, nothing was changed: objects were being "
                                  "created and deleted concurrently; try again")
-        raise ObjectNotFoundError(_refused("delete", missing))
+        raise ObjectNotFoundError(refusal_message("delete", missing))
 
     def close(self) -> None:
         self._closed.set()
@@ -392,9 +397,3 @@ def _is_known_resource(candidate: object) -> bool:
     return isinstance(candidate, Resource) and KINDS.get(
         (candidate.API_VERSION, candidate.KIND)
     ) is type(candidate)
-
-
-def _refused(action: str, refusals: list[str]) -> str:
-    lines = "".join(f"\n  {refusal}" for refusal in refusals)
-    return f"{action} refused, nothing was changed:{lines}"
-

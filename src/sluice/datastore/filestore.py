@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sluice.datastore.changes import Change, ResourceKey
-from sluice.datastore.errors import DatastoreError, ObjectNotFoundError
+from sluice.datastore.errors import DatastoreError, ObjectNotFoundError, refusal_message
 from sluice.datastore.history import DEFAULT_HISTORY, ChangeLog
 from sluice.datastore.interface import Datastore
 from sluice.datastore.manifestdir import ManifestDirectory
@@ -222,7 +222,7 @@ class FileDatastore(Datastore):
             writes[path] = data
             self._manifests.expect(path, data, {key: result.resources[0]})
         if refusals:
-            raise DatastoreError(_refused("apply", refusals))
+            raise DatastoreError(refusal_message("apply", refusals))
         return writes
 
     def _write_refusal(self, key: ResourceKey, path: str) -> str | None:
@@ -264,9 +264,9 @@ class FileDatastore(Datastore):
             else:
                 paths.append(path)
         if refusals:
-            raise DatastoreError(_refused("delete", missing + refusals))
+            raise DatastoreError(refusal_message("delete", missing + refusals))
         if missing:
-            raise ObjectNotFoundError(_refused("delete", missing))
+            raise ObjectNotFoundError(refusal_message("delete", missing))
         return paths
 
 
@@ -283,9 +283,6 @@ def _resolve(location: str | os.PathLike[str]) -> tuple[Path, float | None]:
     return Path(location).absolute(), None
 
 
-def _refused(action: str, refusals: list[str]) -> str:
-    lines = "".join(f"\n  {refusal}" for refusal in refusals)
-    return f"{action} refused, nothing was changed:{lines}"
 
 
 def _write_atomically(directory: Path, writes: dict[str, bytes]) -> None:

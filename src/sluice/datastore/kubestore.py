@@ -33,7 +33,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
-from sluice.datastore.errors import DatastoreError, ObjectNotFoundError
+from sluice.datastore.errors import DatastoreError, ObjectNotFoundError, refusal_message
 from sluice.datastore.history import DEFAULT_HISTORY, ChangeLog
 from sluice.datastore.interface import Datastore
 from sluice.datastore.kubeapi import JSON, ApiError, ApiKind, KubeApi
@@ -350,7 +350,7 @@ class KubernetesDatastore(Datastore):
                     continue
                 writes.append(_Write(key, self._kinds[key.kind], body))
         if refusals:
-            raise DatastoreError(_refused("apply", refusals))
+            raise DatastoreError(refusal_message("apply", refusals))
         return writes
 
     def _plan_delete(self, keys: Sequence[ResourceKey]) -> list[_Write]:
@@ -365,7 +365,7 @@ class KubernetesDatastore(Datastore):
                     continue
                 writes.append(_Write(key, kind, None))
         if missing:
-            raise ObjectNotFoundError(_refused("delete", missing))
+            raise ObjectNotFoundError(refusal_message("delete", missing))
         return writes
 
     def _send(self, writes: list[_Write], action: str) -> None:
@@ -381,7 +381,7 @@ class KubernetesDatastore(Datastore):
         if refusals:
             not_found = action == "delete" and statuses == {404}
             raise (ObjectNotFoundError if not_found else DatastoreError)(
-                _refused(action, refusals))
+                refusal_message(action, refusals))
         written: list[tuple[ResourceKey, str]] = []
         for index, write in enumerate(writes):
             try:
@@ -454,8 +454,3 @@ def _at_least(candidate: str, version: str) -> bool:
     if candidate.isdigit() and version.isdigit():
         return int(candidate) >= int(version)
     return candidate == version
-
-
-def _refused(action: str, refusals: list[str]) -> str:
-    lines = "".join(f"\n  {refusal}" for refusal in refusals)
-    return f"{action} refused, nothing was changed:{lines}"

@@ -11,15 +11,14 @@ still fails validation is returned as problems naming the object and the field.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from sluice.model import ManifestProblem, Resource
-from sluice.model.problems import field_issues
+from sluice.model.problems import field_issues, unwrap_annotation
 
 DROPPED_METADATA = frozenset(("managedFields",))
 """Metadata the dataplane never reads and that costs memory on every object."""
@@ -84,25 +83,10 @@ def prune(model: type[BaseModel], raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _prune_value(annotation: Any, value: Any) -> Any:
-    annotation = _unwrap(annotation)
+    annotation = unwrap_annotation(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return prune(annotation, value) if isinstance(value, Mapping) else value
     if get_origin(annotation) in (tuple, list) and isinstance(value, list):
         element = get_args(annotation)[0]
         return [_prune_value(element, item) for item in value]
     return value
-
-
-def _unwrap(annotation: Any) -> Any:
-    """The type inside Annotated[...] and Optional[...]."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        if origin in (Union, types.UnionType):
-            members = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(members) == 1:
-                annotation = members[0]
-                continue
-        return annotation

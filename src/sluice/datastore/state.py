@@ -26,6 +26,29 @@ _Names = dict[str, Resource]
 _Namespaces = dict[str, _Names]
 _Index = dict[str, _Namespaces]
 
+HISTORY = 256
+"""How many states back `changes_since` can see (older history is dropped)."""
+
+
+class _Delta:
+    """The keys a state changed relative to the state it was made from (`previous`).
+
+    Deltas, not states, are chained, so an old state is freed as soon as nobody holds it.
+    """
+
+    __slots__ = ("depth", "keys", "previous")
+
+    def __init__(self, keys: frozenset[ResourceKey], previous: _Delta | None) -> None:
+        self.keys = keys
+        self.previous = previous
+        self.depth: int = 0 if previous is None else previous.depth + 1
+        if self.depth and self.depth % HISTORY == 0:
+            oldest: _Delta | None = self
+            for _ in range(HISTORY):
+                oldest = oldest.previous if oldest is not None else None
+            if oldest is not None:
+                oldest.previous = None
+
 
 class ClusterState:
     """Every object at one revision, indexed by kind, then namespace, then name.
@@ -36,7 +59,7 @@ class ClusterState:
     tuples sorted by (namespace, name) and cache them.
     """
 
-    __slots__ = ("_derived", "_index", "_listings", "_revision", "_size")
+    __slots__ = ("_delta", "_derived", "_index", "_listings", "_revision", "_size")
 
     def __init__(self, resources: Iterable[Resource] = (), revision: int = 0) -> None:
         index: _Index = {}
@@ -48,15 +71,19 @@ class ClusterState:
         self._size = sum(len(names) for spaces in index.values() for names in spaces.values())
         self._listings: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
         self._derived: dict[Callable[[ClusterState], Any], Any] = {}
+        self._delta = _Delta(frozenset(), None)
 
     @classmethod
-    def _from_index(cls, index: _Index, revision: int, size: int) -> ClusterState:
+    def _from_index(cls, index: _Index, revision: int, size: int,
+                    listings: dict[tuple[str, str | None], tuple[Resource, ...]],
+                    delta: _Delta) -> ClusterState:
         state = cls.__new__(cls)
         state._index = index
         state._revision = revision
         state._size = size
-        state._listings = {}
+        state._listings = listings
         state._derived = {}
+        state._delta = delta
         return state
 
     @property
@@ -113,6 +140,18 @@ class ClusterState:
             self._listings[cache_key] = listing
         return listing
 
+    def changes_since(self, earlier: ClusterState) -> frozenset[ResourceKey] | None:
+        """The keys of every object that may differ between EARLIER and this state, when
+        this state was made from EARLIER by `with_changes` (within the last HISTORY
+        states); None when that is unknown, and the caller must compare everything."""
+        target = earlier._delta
+        delta: _Delta | None = self._delta
+        keys: set[ResourceKey] = set()
+        while delta is not None and delta is not target:
+            keys.update(delta.keys)
+            delta = delta.previous
+        return frozenset(keys) if delta is not None else None
+
     def derived(self, compute: Callable[[ClusterState], T]) -> T:
         """`compute(self)`, worked out once per state (a state never changes): for
         indexes that compilers share, such as EndpointSlices by Service."""
@@ -163,9 +202,11 @@ class ClusterState:
         index: _Index = dict(self._index)
         copied: set[tuple[str, str | None]] = set()
         size, revision = self._size, self._revision
+        keys: set[ResourceKey] = set()
         for change in changes:
             revision = max(revision, change.revision)
             key = change.key
+            keys.add(key)
             names = _writable(index, key, copied)
             had = key.name in names
             if change.kind is ChangeKind.DELETED:
@@ -177,7 +218,12 @@ class ClusterState:
                 size += 0 if had else 1
         for kind, namespace in copied:
             _prune(index, kind, namespace)
-        return ClusterState._from_index(index, revision, size)
+        touched = {kind for kind, _ in copied}
+        # The listings of kinds no change touched are the same tuples.
+        listings = {key: listing for key, listing in self._listings.items()
+                    if key[0] not in touched}
+        return ClusterState._from_index(index, revision, size, listings,
+                                        _Delta(frozenset(keys), self._delta))
 
 
 def _writable(index: _Index, key: ResourceKey, copied: set[tuple[str, str | None]]) -> _Names:

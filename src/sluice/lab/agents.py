@@ -33,9 +33,12 @@ def agent_argv(state: LabState, node: NodePlan) -> list[str]:
     return [
         sys.executable, "-m", "sluice", "agent",
         "--node", node.name,
-        "--datastore", paths.datastore_url,
-        "--dataplane", options.dataplane,
+        "--datastore", paths.agent_datastore_url,
+        "--dataplane", options.dataplane_of(node.name),
         "--routing", options.routing,
+        "--masquerade", "on" if options.masquerade else "off",
+        *(("--non-masquerade-cidrs", options.non_masquerade_cidrs)
+          if options.non_masquerade_cidrs else ()),
         "--netns", node.netns,
         "--cni-state-dir", str(paths.cni_state_dir(node.name)),
         "--pin-dir", node.pin_dir,

@@ -1,9 +1,10 @@
 """`lab up`: make a lab step by step, saying what it does; undo everything on failure.
 
 Order: claim the name (an exclusive mkdir of the state directory) -> underlay -> nodes
--> external -> Node objects in the datastore -> agents (started together, waited for
-together) -> the manifests given with -f. An exception, Ctrl-C, SIGTERM or SIGHUP at any
-point removes whatever was made (`cleanup.remove_lab`) before the command exits.
+-> external -> etcd (with --datastore etcd) -> Node objects in the datastore -> agents
+(started together, waited for together) -> the manifests given with -f. An exception,
+Ctrl-C, SIGTERM or SIGHUP at any point removes whatever was made (`cleanup.remove_lab`)
+before the command exits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from sluice import bpffs, cgroups
 from sluice.datastore import open_datastore
-from sluice.lab import agents, cleanup, names, objects, topology
+from sluice.lab import agents, cleanup, etcd, names, objects, topology
 from sluice.lab.errors import LabError
 from sluice.lab.interrupts import Interrupts, held_back, ignoring_interrupts
 from sluice.lab.manifests import apply_resources, check_for_lab
@@ -88,9 +89,12 @@ def _build(state: LabState, plan: LabPlan, resources: Sequence[Resource], say: S
     say(f"lab {lab}: external: namespace {plan.external.netns}, "
         f"{' '.join(plan.external.addresses)}")
     _prepare_directories(paths, plan)
+    if state.options.datastore == "etcd":
+        _start_etcd(state, say)
     with open_datastore(paths.datastore_url) as datastore:
-        datastore.apply([objects.node_resource(node) for node in plan.nodes])
-    say(f"lab {lab}: datastore {paths.datastore_url} ({len(plan.nodes)} Nodes)")
+        datastore.apply([objects.node_resource(node, state.options.dataplane_of(node.name))
+                         for node in plan.nodes])
+    say(f"lab {lab}: datastore {paths.agent_datastore_url} ({len(plan.nodes)} Nodes)")
     started = []
     for node in plan.nodes:
         with held_back():  # a Ctrl-C now would leave an agent nobody recorded
@@ -99,8 +103,10 @@ def _build(state: LabState, plan: LabPlan, resources: Sequence[Resource], say: S
             save(state)
         started.append((node, record))
     options = state.options
-    say(f"lab {lab}: agents started ({options.dataplane} dataplane, {options.routing} "
-        f"routing); waiting for /healthz")
+    dataplanes = ", ".join(f"{node.name} {options.dataplane_of(node.name)}"
+                           for node in plan.nodes)
+    say(f"lab {lab}: agents started ({dataplanes}; {options.routing} routing); waiting for "
+        f"/healthz")
     agents.wait_ready(started, lambda node, seconds: say(
         f"lab {lab}: {node.name}: agent pid {state.agents[node.name].pid} ready "
         f"after {seconds:.1f}s"))
@@ -108,6 +114,15 @@ def _build(state: LabState, plan: LabPlan, resources: Sequence[Resource], say: S
     save(state)
     if resources:
         apply_resources(state, resources, lambda line: say(f"lab {lab}: {line}"))
+
+
+def _start_etcd(state: LabState, say: Say) -> None:
+    with held_back():  # a Ctrl-C now would leave an etcd nobody recorded
+        state.etcd = etcd.start_etcd(state)
+        save(state)
+    seconds = etcd.wait_ready(state, state.etcd)
+    say(f"lab {state.name}: etcd pid {state.etcd.pid} in {names.underlay_netns(state.name)}, "
+        f"ready after {seconds:.1f}s")
 
 
 def _prepare_directories(paths: LabPaths, plan: LabPlan) -> None:

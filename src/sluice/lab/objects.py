@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from sluice.compile.topology import DATAPLANE_ANNOTATION
 from sluice.datastore import to_manifest
 from sluice.lab.errors import LabError
 from sluice.lab.plan import SERVICE_V4, SERVICE_V6, NodePlan, load_balancer_pool
@@ -24,11 +25,14 @@ FIRST_LOAD_BALANCER_HOST = {4: 10, 6: 0x10}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def node_resource(node: NodePlan) -> Node:
+def node_resource(node: NodePlan, dataplane: str) -> Node:
+    """NODE as the datastore holds it; its dataplane annotation tells bpf peers whether
+    it can return replies of flows they forwarded to it (see compile/services.py)."""
     return Node.model_validate({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": node.name, "labels": {HOSTNAME_LABEL: node.name}},
+        "metadata": {"name": node.name, "labels": {HOSTNAME_LABEL: node.name},
+                     "annotations": {DATAPLANE_ANNOTATION: dataplane}},
         "spec": {"podCIDR": node.pod_cidrs[0], "podCIDRs": list(node.pod_cidrs)},
         "status": {"addresses": [
             *({"type": "InternalIP", "address": address} for address in node.addresses),

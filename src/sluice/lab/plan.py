@@ -21,7 +21,7 @@ IPv6-only) and is 1500 with native routing; every underlay link has MTU 1500.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
 from sluice.lab import names
@@ -30,10 +30,12 @@ from sluice.lab.errors import LabError
 Dataplane: TypeAlias = Literal["bpf", "iptables"]
 Routing: TypeAlias = Literal["vxlan", "native"]
 IPFamilyOption: TypeAlias = Literal["ipv4", "ipv6", "dual"]
+DatastoreKind: TypeAlias = Literal["file", "etcd"]
 
 DATAPLANES: tuple[Dataplane, ...] = ("bpf", "iptables")
 ROUTINGS: tuple[Routing, ...] = ("vxlan", "native")
 IP_FAMILIES: tuple[IPFamilyOption, ...] = ("ipv4", "ipv6", "dual")
+DATASTORES: tuple[DatastoreKind, ...] = ("file", "etcd")
 
 MAX_NODES = 64
 UNDERLAY_V4 = ipaddress.IPv4Network("198.18.0.0/24")
@@ -49,6 +51,10 @@ UNDERLAY_MTU = 1500
 VXLAN_OVERHEAD = {4: 50, 6: 70}  # by underlay family: outer IP + UDP + VXLAN + inner Ethernet
 AGENT_LISTEN = "127.0.0.1:9962"
 UPLINK = "eth0"
+ETCD_HOST = 2
+"""With --datastore etcd, etcd listens on host 2 of the underlay (198.18.0.2, fd00:ff::2),
+an address of the underlay namespace's bridge."""
+ETCD_CLIENT_PORT = 2379
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,41 @@ class LabOptions:
     dataplane: Dataplane = "bpf"
     routing: Routing = "vxlan"
     ip_family: IPFamilyOption = "dual"
+    node_dataplanes: tuple[tuple[str, Dataplane], ...] = ()
+    """(node, dataplane) pairs that override `dataplane` for those nodes (mixed clusters,
+    and what `lab switch` changed)."""
+    masquerade: bool = False
+    """Agents masquerade pod traffic leaving the cluster (off by default: the underlay
+    routes pod CIDRs, as a routed fabric would, and `external` sees pod addresses)."""
+    non_masquerade_cidrs: str = ""
+    """The agents' --non-masquerade-cidrs ("": the agent's default)."""
+    datastore: DatastoreKind = "file"
+    """Where the lab's objects live: a file:// directory, or an etcd the lab runs."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {MAX_NODES}, got {self.nodes}")
+        # state.json gives lists; keep the options hashable and comparable.
+        pairs = tuple((str(node), dataplane) for node, dataplane in self.node_dataplanes)
+        object.__setattr__(self, "node_dataplanes", pairs)
+        known = {names.node_name(index) for index in range(1, self.nodes + 1)}
+        for node, dataplane in pairs:
+            if node not in known:
+                raise LabError(f"--node-dataplane {node}={dataplane}: the lab has no node "
+                               f"{node!r} (nodes: {', '.join(sorted(known))})")
+            if dataplane not in DATAPLANES:
+                raise LabError(f"--node-dataplane {node}={dataplane}: the dataplane must be "
+                               f"one of {', '.join(DATAPLANES)}")
+
+    def dataplane_of(self, node: str) -> Dataplane:
+        """The dataplane NODE runs: its override, else the lab's."""
+        return dict(self.node_dataplanes).get(node, self.dataplane)
+
+    def with_node_dataplane(self, node: str, dataplane: Dataplane) -> LabOptions:
+        """These options with NODE running DATAPLANE."""
+        pairs = dict(self.node_dataplanes)
+        pairs[node] = dataplane
+        return replace(self, node_dataplanes=tuple(sorted(pairs.items())))
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -76,6 +113,19 @@ class LabOptions:
         return UNDERLAY_MTU - VXLAN_OVERHEAD[underlay]
 
 
+def parse_node_dataplanes(text: str) -> tuple[tuple[str, Dataplane], ...]:
+    """`NODE=DATAPLANE[,NODE=DATAPLANE...]` as (node, dataplane) pairs; LabError naming
+    the bad part."""
+    pairs: dict[str, Dataplane] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        node, sep, dataplane = part.partition("=")
+        if not sep or not node or dataplane not in DATAPLANES:
+            raise LabError(f"--node-dataplane {text!r}: {part!r} is not NODE=DATAPLANE with "
+                           f"DATAPLANE one of {', '.join(DATAPLANES)}")
+        pairs[node] = dataplane
+    return tuple(sorted(pairs.items()))
+
+
 def _host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, number: int) -> str:
     """Host NUMBER of NETWORK; in IPv6 the decimal digits are reused (::11 for 11)."""
     if network.version == 4:
@@ -85,6 +135,18 @@ def _host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, number: int) -
 
 def underlay_address(family: int, number: int) -> str:
     return _host(UNDERLAY_V4 if family == 4 else UNDERLAY_V6, number)
+
+
+def etcd_addresses(options: LabOptions) -> tuple[str, ...]:
+    """The addresses the lab's etcd listens on, primary family first."""
+    return tuple(underlay_address(family, ETCD_HOST) for family in options.families)
+
+
+def etcd_endpoint(options: LabOptions) -> str:
+    """HOST:PORT of the lab's etcd for clients, in the primary family."""
+    address = etcd_addresses(options)[0]
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{ETCD_CLIENT_PORT}"
 
 
 def underlay_prefix(family: int) -> int:

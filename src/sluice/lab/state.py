@@ -4,6 +4,8 @@
       state.json            LabState (below), replaced atomically after every change
       .lock                 flock'ed by commands that change the lab
       datastore/            the file:// datastore every agent of the lab watches
+      etcd/, etcd.log       with --datastore etcd: the data directory and log of the lab's
+                            etcd (instead of datastore/)
       nodes/<node>/cni/     the CNI stateDir of the node (IPAM, endpoint records)
       nodes/<node>/agent.log
       pods/<ns>_<pod>.log   the pod server's output
@@ -30,7 +32,7 @@ from typing import Any, Literal, TypeAlias, cast
 from sluice import filelock
 from sluice.lab import names
 from sluice.lab.errors import LabError
-from sluice.lab.plan import LabOptions, LabPlan, plan_lab
+from sluice.lab.plan import LabOptions, LabPlan, etcd_endpoint, plan_lab
 
 STATE_VERSION = 1
 LOCK_TIMEOUT = 60.0
@@ -40,10 +42,12 @@ Phase: TypeAlias = Literal["creating", "ready"]
 @dataclass(frozen=True)
 class LabPaths:
     root: Path
+    etcd_endpoint: str | None = None
+    """HOST:PORT of the lab's etcd (in the underlay namespace); None for a file datastore."""
 
     @classmethod
-    def of(cls, lab: str) -> LabPaths:
-        return cls(names.state_dir(lab))
+    def of(cls, lab: str, etcd_endpoint: str | None = None) -> LabPaths:
+        return cls(names.state_dir(lab), etcd_endpoint)
 
     @property
     def state_file(self) -> Path:
@@ -59,7 +63,26 @@ class LabPaths:
 
     @property
     def datastore_url(self) -> str:
-        return f"file://{self.datastore}"
+        """The lab's datastore as commands on this host open it (an etcd from inside the
+        underlay namespace, where it listens)."""
+        if self.etcd_endpoint is None:
+            return f"file://{self.datastore}"
+        return f"{self.agent_datastore_url}?netns={names.underlay_netns(self.root.name)}"
+
+    @property
+    def agent_datastore_url(self) -> str:
+        """The lab's datastore as the agents open it, from their node namespaces."""
+        if self.etcd_endpoint is None:
+            return f"file://{self.datastore}"
+        return f"etcd://{self.etcd_endpoint}"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def etcd_log(self) -> Path:
+        return self.root / "etcd.log"
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
@@ -126,6 +149,7 @@ class LabState:
     phase: Phase = "creating"
     agents: dict[str, ProcessRecord] = field(default_factory=dict)
     pods: dict[str, PodRecord] = field(default_factory=dict)
+    etcd: ProcessRecord | None = None
 
     @property
     def plan(self) -> LabPlan:
@@ -133,12 +157,15 @@ class LabState:
 
     @property
     def paths(self) -> LabPaths:
+        if self.options.datastore == "etcd":
+            return LabPaths.of(self.name, etcd_endpoint(self.options))
         return LabPaths.of(self.name)
 
     def processes(self) -> list[ProcessRecord]:
         """Every process the lab started: pod servers first, then agents."""
         servers = [pod.server for pod in self.pods.values() if pod.server is not None]
-        return servers + list(self.agents.values())
+        etcd = [self.etcd] if self.etcd is not None else []
+        return servers + list(self.agents.values()) + etcd
 
     def to_json(self) -> str:
         """The state, plus the plan it implies under "topology" (for people and tools
@@ -166,6 +193,7 @@ class LabState:
             phase=doc["phase"],
             agents={node: record for node, record in agents.items() if record is not None},
             pods=pods,
+            etcd=_process(doc.get("etcd")),
         )
 
 

@@ -43,6 +43,8 @@ class BtfKind(IntEnum):
     ENUM64 = 19
 
 
+BTF_INT_SIGNED = 1
+
 _MODIFIERS = {BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT,
               BtfKind.TYPE_TAG}
 
@@ -134,6 +136,23 @@ class Btf:
             bitfield = member.offset >> 24 if kind_flag else 0
             members.append(BtfMember(self._str(member.name_off), member.type, offset, bitfield))
         return members
+
+    def int_signed(self, type_id: int) -> bool:
+        """Whether an INT type is signed (its encoding), or an ENUM holds signed values."""
+        raw = self._raw(type_id)
+        if self.kind(type_id) in (BtfKind.ENUM, BtfKind.ENUM64):
+            return bool(raw.info >> 31)
+        encoding = ctypes.c_uint32.from_address(ctypes.addressof(raw) + ctypes.sizeof(BtfTypeRaw))
+        return bool((encoding.value >> 24) & BTF_INT_SIGNED)
+
+    def typedef_names(self, type_id: int) -> list[str]:
+        """The typedef names met while following TYPE_ID's modifiers (e.g. __be16, __u16)."""
+        names = []
+        while self.kind(type_id) in _MODIFIERS:
+            if self.kind(type_id) == BtfKind.TYPEDEF:
+                names.append(self.name(type_id))
+            type_id = self._raw(type_id).size_or_type
+        return names
 
     def array(self, type_id: int) -> tuple[int, int]:
         """(element type id, number of elements) of an array type."""

@@ -237,6 +237,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__btf_value_type_id": (c_uint32, [POINTER(BpfMapHandle)]),
     "bpf_map__reuse_fd": (c_int, [POINTER(BpfMapHandle), c_int]),
     "bpf_map__set_pin_path": (c_int, [POINTER(BpfMapHandle), c_char_p]),
+    "bpf_map__pin_path": (c_char_p, [POINTER(BpfMapHandle)]),
     "bpf_map__initial_value": (c_void_p, [POINTER(BpfMapHandle), POINTER(c_size_t)]),
     # syscall wrappers
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),

@@ -32,8 +32,11 @@ class UpdateFlag(IntEnum):
 class MapType(IntEnum):
     HASH = 1
     ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
     PERCPU_HASH = 5
     PERCPU_ARRAY = 6
+    CGROUP_ARRAY = 8
     LRU_HASH = 9
     LRU_PERCPU_HASH = 10
     LPM_TRIE = 11
@@ -103,6 +106,12 @@ class Map(Generic[K, V]):
         except BaseException:
             os.close(fd)
             raise
+
+    def __enter__(self) -> Map[K, V]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:

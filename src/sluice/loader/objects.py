@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +13,14 @@ from sluice.loader.btf import Btf
 from sluice.loader.layout import verify_layout
 from sluice.loader.libbpf import LibbpfError, ProgInfo, check, check_ptr, lib
 from sluice.loader.maps import Map, MapMeta
+from sluice.loader.mapshape import layout_of
+from sluice.loader.migrate import (
+    MapDefinition,
+    Migration,
+    catch_up,
+    complete_migrations,
+    plan_migrations,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -77,6 +85,7 @@ class BpfObject:
         self._handle: Any = handle
         self._loaded = False
         self._log_buffers: dict[str, ctypes.Array[ctypes.c_char]] = {}
+        self.migrations: list[Migration] = []  # pinned maps this load migrated
         self.btf = Btf(lib().bpf_object__btf(handle), owned=False)
         if pin_dir is not None:
             try:
@@ -97,6 +106,8 @@ class BpfObject:
         self.close()
 
     def close(self) -> None:
+        for migration in self.migrations:
+            migration.close()
         if self._handle:
             lib().bpf_object__close(self._handle)
             self._handle = None
@@ -143,6 +154,15 @@ class BpfObject:
         check(lib().bpf_map__set_max_entries(self._map_handle(name), max_entries),
               f"resizing map {name}")
 
+    def resize_maps(self, sizes: Mapping[str, int]) -> list[str]:
+        """Set max_entries of every map named in SIZES that this object has (objects that
+        share pinned maps get the same SIZES); returns the names it resized."""
+        self._require_unloaded("resize maps")
+        resized = [name for name in self.map_names() if name in sizes]
+        for name in resized:
+            self.set_max_entries(name, sizes[name])
+        return resized
+
     def add_map_flags(self, name: str, flags: int) -> None:
         """Create map NAME with FLAGS besides its declared ones (e.g. BPF_F_RDONLY_PROG)."""
         self._require_unloaded("set map flags")
@@ -180,7 +200,52 @@ class BpfObject:
 
     # --- load --------------------------------------------------------------------------
 
-    def load(self) -> BpfObject:
+    def load(self, *, migrate_pins: bool = False, recreate: Collection[str] = ()
+             ) -> BpfObject:
+        """Load the programs and create (or adopt from bpffs) the maps. MIGRATE_PINS: a
+        pinned map of another layout, size or flags is migrated into this object's
+        (`sluice.loader.migrate`; RECREATE names scratch maps made afresh instead), where
+        otherwise the load fails."""
+        migrations = plan_migrations(self._pinned_definitions(), recreate) \
+            if migrate_pins else []
+        try:
+            for migration in migrations:
+                check(lib().bpf_map__set_pin_path(self._map_handle(migration.name), None),
+                      f"unpinning map {migration.name} for its migration")
+            self._load_programs()
+            complete_migrations(migrations, {m.name: self.map_fd(m.name) for m in migrations})
+        except BaseException:
+            for migration in migrations:
+                migration.close()
+            raise
+        self.migrations = migrations
+        return self
+
+    def catch_up_migrations(self) -> int:
+        """Once the links run this object's programs: copy what the old programs still
+        wrote to migrated maps, and let the old maps go (see `migrate.catch_up`)."""
+        migrations, self.migrations = self.migrations, []
+        return catch_up(migrations)
+
+    def _pinned_definitions(self) -> dict[str, tuple[str, MapDefinition]]:
+        """Name -> (pin path, definition) of every map this object pins."""
+        found = {}
+        for handle in self._map_handles():
+            path = lib().bpf_map__pin_path(handle)
+            if not path or self._is_internal(handle):
+                continue
+            name = lib().bpf_map__name(handle).decode()
+            layout = layout_of(self.btf, lib().bpf_map__type(handle),
+                               lib().bpf_map__key_size(handle),
+                               lib().bpf_map__value_size(handle),
+                               key_type_id=lib().bpf_map__btf_key_type_id(handle),
+                               value_type_id=lib().bpf_map__btf_value_type_id(handle))
+            found[name] = (path.decode(), MapDefinition(
+                name, layout, lib().bpf_map__max_entries(handle),
+                lib().bpf_map__map_flags(handle)))
+        return found
+
+    def _load_programs(self) -> None:
         for handle in self._program_handles():
             name = lib().bpf_program__name(handle).decode()
             buf = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
@@ -193,7 +258,6 @@ class BpfObject:
             raise VerifierError(-ret, f"loading {self.path.name}", log)
         self._log_buffers.clear()
         self._loaded = True
-        return self
 
     # --- after load --------------------------------------------------------------------
 

@@ -65,7 +65,8 @@ def render_path(loc: Loc, model: type[BaseModel] | None = None, skip: int = 0) -
     return text
 
 
-def _unwrap(annotation: Any) -> Any:
+def unwrap_annotation(annotation: Any) -> Any:
+    """The type inside Annotated[...] and Optional[...]."""
     while True:
         origin = get_origin(annotation)
         if origin is Annotated:
@@ -88,7 +89,7 @@ def _model_field(model: type[BaseModel], key: str) -> Any:
 
 def _step(annotation: Any, part: str | int) -> tuple[Any, bool]:
     """The type one location step below `annotation`, and whether the step was a map key."""
-    annotation = _unwrap(annotation)
+    annotation = unwrap_annotation(annotation)
     origin = get_origin(annotation)
     args = get_args(annotation)
     if isinstance(part, int) and origin in (tuple, list) and args:
@@ -130,14 +131,14 @@ def _message(model: type[BaseModel], detail: ErrorDetails) -> str:
 
 
 def _expected_literals(model: type[BaseModel], loc: Loc, ctx: dict[str, Any]) -> str:
-    annotation = _unwrap(_walk(model, loc))
+    annotation = unwrap_annotation(_walk(model, loc))
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(show(choice) for choice in get_args(annotation))
     return str(ctx.get("expected", "a known value"))
 
 
 def _unknown_field(parent: Any, key: str) -> str:
-    parent = _unwrap(parent)
+    parent = unwrap_annotation(parent)
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
         return f'unknown field "{key}"'
     known = [info.alias or name for name, info in parent.model_fields.items()]

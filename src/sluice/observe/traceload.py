@@ -21,7 +21,7 @@ from sluice.compile.devices import SERVICE_VNI, TUNNEL_VNI
 from sluice.compile.maglev import DEFAULT_TABLE_SIZE
 from sluice.datapath import conntrack as ct
 from sluice.datapath import events as ev
-from sluice.datapath import lb
+from sluice.datapath import lb, masq
 from sluice.datapath import policy as pol
 from sluice.datapath import routing as rt
 from sluice.loader import BpfObject, LibbpfError, Map, Program, RingBuffer, test_run
@@ -42,7 +42,7 @@ NODE_PROGRAMS = ("from_endpoint", "from_network", "from_host", "to_network")
 WRITTEN_MAPS: tuple[str, ...] = (
     ct.MAP_NAME, pol.FLOWS_MAP, pol.POLICY_MAP, rt.MAP_NAME, lb.AFFINITY_MAP,
     lb.SELECTIONS_MAP, ev.COUNTERS_MAP, ev.STATS_MAP, ev.WINDOW_MAP, pol.COUNTERS_MAP,
-    "node_scratch", ev.EVENTS_MAP, pol.EVENTS_MAP,
+    "node_scratch", ev.EVENTS_MAP, pol.EVENTS_MAP, masq.MAPPINGS_MAP, masq.SCRATCH_MAP,
 )
 # Read only, but a trace wants its own: every event, no sampling, no rate limit.
 CONFIGURED_MAPS: tuple[str, ...] = (ev.CONFIG_MAP,)
@@ -53,7 +53,8 @@ COPIED_WHOLE: tuple[str, ...] = (rt.MAP_NAME, pol.POLICY_MAP, lb.AFFINITY_MAP)
 # Seeded with the pinned entries of the traced flow (any tuple holding its client port).
 COPIED_FOR_FLOW: tuple[str, ...] = (ct.MAP_NAME, pol.FLOWS_MAP)
 # Private tables sized for a trace (the node's preallocate a quarter million entries).
-FLOW_TABLES: tuple[str, ...] = (ct.MAP_NAME, pol.FLOWS_MAP, lb.AFFINITY_MAP, lb.SELECTIONS_MAP)
+FLOW_TABLES: tuple[str, ...] = (ct.MAP_NAME, pol.FLOWS_MAP, lb.AFFINITY_MAP, lb.SELECTIONS_MAP,
+                                masq.MAPPINGS_MAP)
 FLOW_TABLE_SIZE = 4096
 CT_KEY_SPORT = ct.CtKey.sport.offset
 CT_KEY_DPORT = ct.CtKey.dport.offset
