@@ -13,12 +13,12 @@ from pyroute2 import IPRoute
 from sluice.agent.config import AgentConfig
 from sluice.agent.flowlog import FlowLog, FlowReader
 from sluice.agent.flownames import flow_names
+from sluice.agent.handover import Handover
 from sluice.agent.policylog import PolicyLogReader
 from sluice.agent.records import live_records
 from sluice.apply.attachments import Attachment, desired_attachments, links_dir, sync_links
 from sluice.apply.bpfmaps import sync_endpoints, sync_routes
 from sluice.apply.cgrouplinks import sync_cgroup_links
-from sluice.apply.ctcarry import export_from_pins, import_into_bpf, iptables_dataplane_present
 from sluice.apply.diff import ChangeLog, Changes
 from sluice.apply.errors import ApplyError
 from sluice.apply.flowevents import write_events_config
@@ -31,7 +31,6 @@ from sluice.apply.nodeobject import NodeObject
 from sluice.apply.policymaps import sync_policy
 from sluice.apply.policyrules import remove_policy_rules, sync_policy_rules
 from sluice.apply.servicerules import remove_service_rules, sync_service_rules
-from sluice.apply.tunnelrx import install_tunnel_rx, remove_tunnel_rx
 from sluice.cni.registry import list_records
 from sluice.compile.bpfstate import BpfState, bpf_state
 from sluice.compile.devices import SERVICE_VNI, TUNNEL_DEVICE, TUNNEL_VNI
@@ -96,16 +95,16 @@ class Reconciler:
     node_object: NodeObject | None = field(default=None, init=False)
     service_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _services
     policy_rules_cleared: bool = field(default=False, init=False)  # bpf mode, see _policy
-    flows_carried: bool = field(default=False, init=False)  # see _carry_into_bpf, _leaving_bpf
-    tunnel_rx: int | None = field(default=-1, init=False)  # see _tunnel_rx; -1: not yet
     policy_log: PolicyLogReader | None = field(default=None, init=False)
     rule_origins: dict[int, str] = field(default_factory=dict, init=False)
     flow_log: FlowLog = field(init=False)
     flow_reader: FlowReader | None = field(default=None, init=False)
     names: Names = field(default_factory=Names, init=False)
+    handover: Handover = field(init=False)
 
     def __post_init__(self) -> None:
         self.flow_log = FlowLog(self.config.flow_events.log_size)
+        self.handover = Handover(self.config)
 
     def close(self) -> None:
         if self.flow_reader is not None:
@@ -136,16 +135,16 @@ class Reconciler:
             kernel = kernel_state(view, endpoints, self.config.routing, self.config.dataplane,
                                   uplink)
             problems += kernel.problems
-            leaving_bpf = self._leaving_bpf()
+            leaving_bpf = self.handover.leaving_bpf()
             if leaving_bpf:
-                self._prepare_iptables(state, endpoints, devices)
+                self.handover.prepare_iptables(state, endpoints, devices)
             synced = apply_kernel_state(ipr, kernel, [e.host_ifname for e in endpoints.endpoints])
             if leaving_bpf:
                 # At once: the programs' tunnel device is gone.
-                self._detach_bpf(synced.ifindexes)
+                self.handover.detach_bpf(synced.ifindexes)
         changes = synced.changes
         problems += synced.problems
-        problems += self._tunnel_rx(synced.ifindexes.get(TUNNEL_DEVICE))
+        problems += self.handover.bind_tunnel_rx(synced.ifindexes.get(TUNNEL_DEVICE))
         policy = policy_state(state, self.config.node, endpoints.endpoints, self.config.failsafe,
                               interface_ifindexes=synced.ifindexes | devices)
         problems += policy.problems
@@ -174,7 +173,7 @@ class Reconciler:
             if masq.enabled and not uplink:
                 problems.append("masquerade: no uplink device (pass --uplink), so pod "
                                 "traffic leaving the cluster keeps its pod address")
-            self._carry_into_bpf(node_object, endpoints)
+            self.handover.carry_into_bpf(node_object, endpoints)
             links = sync_links(self.config.pins, node_object.programs,
                                desired_attachments(
                                    bpf, prefilter=policy.filters_before_the_stack),
@@ -201,72 +200,6 @@ class Reconciler:
                                table)
         return ReconcileOutcome(desired, changes, tuple(dict.fromkeys(problems)),
                                 time.monotonic() - started)
-
-    def _carry_into_bpf(self, node_object: NodeObject, endpoints: LocalEndpoints) -> None:
-        """iptables -> bpf, once, before the programs are attached: the established flows
-        of the kernel's conntrack into the BPF conntrack and policy flows, so service
-        flows keep the backend iptables chose and no flow is judged as new."""
-        if self.flows_carried:
-            return
-        self.flows_carried = True
-        try:
-            if not iptables_dataplane_present():
-                return
-            local = frozenset(a for e in endpoints.endpoints for a in e.addresses)
-            carried = import_into_bpf(node_object, local)
-        except (ApplyError, OSError) as err:
-            log.warning("carrying flows from iptables into bpf failed: %s", err)
-            return
-        log.info("carried flows from iptables into bpf: %s", carried.summary())
-        for flow in carried.not_carried:
-            log.warning("flow not carried into bpf: %s", flow)
-
-    def _leaving_bpf(self) -> bool:
-        """iptables mode, the first reconcile after a bpf-mode agent: its links are pinned."""
-        if self.config.dataplane is Dataplane.BPF or self.flows_carried:
-            return False
-        self.flows_carried = True
-        path = links_dir(self.config.pins)
-        return os.path.isdir(path) and bool(os.listdir(path))
-
-    def _prepare_iptables(self, state: ClusterState, endpoints: LocalEndpoints,
-                          devices: dict[str, int]) -> None:
-        """bpf -> iptables, before the kernel state changes: the service and policy rules
-        in place for new flows, then the BPF flows into nf_conntrack, so established ones
-        keep their translation and are not judged as new."""
-        try:
-            sync_service_rules(service_table(state, self.config.node))
-            sync_policy_rules(policy_state(state, self.config.node, endpoints.endpoints,
-                                           self.config.failsafe, interface_ifindexes=devices))
-            carried = export_from_pins(self.config.pins)
-        except (ApplyError, OSError) as err:
-            log.warning("carrying flows from bpf into iptables failed: %s", err)
-            return
-        log.info("carried flows from bpf into iptables: %s", carried.summary())
-        for flow in carried.not_carried:
-            log.warning("flow not carried into iptables: %s", flow)
-
-    def _tunnel_rx(self, tunnel: int | None) -> list[str]:
-        """iptables mode: frames from bpf-mode peers accepted on the tunnel (see
-        apply/tunnelrx.py), bound again whenever the device was made again."""
-        wanted = tunnel if self.config.dataplane is not Dataplane.BPF else None
-        if wanted == self.tunnel_rx:
-            return []
-        try:
-            if wanted is None:
-                remove_tunnel_rx()
-            else:
-                install_tunnel_rx()
-        except ApplyError as err:
-            return [str(err)]
-        self.tunnel_rx = wanted
-        return []
-
-    def _detach_bpf(self, ifindexes: dict[str, int]) -> None:
-        links = sync_links(self.config.pins, {}, frozenset(), ifindexes).changes
-        hooks = sync_cgroup_links(self.config.pins, {}, None)
-        log.info("detached the bpf dataplane: links -%d, socket hooks -%d", links.removed,
-                 hooks.removed)
 
     def _services(self, state: ClusterState, changes: ChangeLog) -> list[str]:
         """iptables mode: the node's Services as kube-proxy-shaped NAT rules. bpf mode:

@@ -24,6 +24,7 @@ from sluice.lab import names, procs
 from sluice.lab.state import LabState, load, locked
 
 CGROUP_KILL_TIMEOUT = 5.0
+CGROUP_BUSY_WAIT = 0.2  # seconds, times the attempt number
 CGROUP_ATTEMPTS = 5
 
 
@@ -103,7 +104,7 @@ def _remove_cgroup_tree(path: str, problems: list[str]) -> int:
     processes were killed. Processes are never moved out (to a parent or the root): a
     process that joins meanwhile is killed on the next attempt."""
     killed = 0
-    for _ in range(CGROUP_ATTEMPTS):
+    for attempt in range(CGROUP_ATTEMPTS):
         killed += kill_cgroup(path)
         try:
             for directory, _subdirs, _files in os.walk(path, topdown=False):
@@ -115,6 +116,9 @@ def _remove_cgroup_tree(path: str, problems: list[str]) -> int:
             if err.errno != errno.EBUSY:
                 problems.append(f"cgroup {path}: {err}")
                 return killed
+            # Busy with no process listed: tasks still exiting (a killed process leaves
+            # its cgroup only once it is gone). Give them time before the next attempt.
+            time.sleep(CGROUP_BUSY_WAIT * (attempt + 1))
     problems.append(f"cgroup {path}: still busy after {CGROUP_ATTEMPTS} attempts")
     return killed
 
