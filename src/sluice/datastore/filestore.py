@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sluice.datastore.changes import Change, ResourceKey
 from sluice.datastore.errors import DatastoreError, ObjectNotFoundError, refusal_message
+from sluice.datastore.following import FollowsChangeLog
 from sluice.datastore.history import DEFAULT_HISTORY, ChangeLog
-from sluice.datastore.interface import Datastore
 from sluice.datastore.manifestdir import ManifestDirectory
 from sluice.datastore.serialize import to_yaml
 from sluice.datastore.state import ClusterState
@@ -34,7 +34,7 @@ def object_file_name(key: ResourceKey) -> str:
     return ".".join((key.kind.lower(), *scope, key.name)) + ".yaml"
 
 
-class FileDatastore(Datastore):
+class FileDatastore(FollowsChangeLog):
     """Objects defined by the `*.yaml`, `*.yml` and `*.json` files of one directory.
 
     Any file names work (hidden files are skipped; subdirectories are not read). Each
@@ -121,27 +121,10 @@ class FileDatastore(Datastore):
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._follow(since_revision, stop, deadline)
 
-    def _follow(
-        self, cursor: int, stop: threading.Event | None, deadline: float | None
-    ) -> Iterator[list[Change]]:
-        while True:
-            with self._lock:
-                if self._closed or (stop is not None and stop.is_set()):
-                    return
-                if time.monotonic() - self._scanned_at >= self._poll_period():
-                    self._refresh()
-                batches = self._log.since(cursor)
-                if not batches:
-                    wait = self._wait_time(deadline)
-                    if wait <= 0:
-                        return
-                    self._changed.wait(wait)
-                    continue
-            for batch in batches:
-                yield batch
-                cursor = batch[-1].revision
-                if stop is not None and stop.is_set():
-                    return
+    def _batches_since(self, cursor: int) -> list[list[Change]]:
+        if time.monotonic() - self._scanned_at >= self._poll_period():
+            self._refresh()
+        return self._log.since(cursor)
 
     def _wait_time(self, deadline: float | None) -> float:
         now = time.monotonic()

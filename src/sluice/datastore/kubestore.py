@@ -34,8 +34,8 @@ from kubernetes import config as kube_config
 
 from sluice.datastore.changes import Change, ChangeKind, ResourceKey
 from sluice.datastore.errors import DatastoreError, ObjectNotFoundError, refusal_message
+from sluice.datastore.following import WAIT_SLICE, FollowsChangeLog
 from sluice.datastore.history import DEFAULT_HISTORY, ChangeLog
-from sluice.datastore.interface import Datastore
 from sluice.datastore.kubeapi import JSON, ApiError, ApiKind, KubeApi
 from sluice.datastore.kubetranslate import translate
 from sluice.datastore.kubewatch import WATCH_SECONDS, RawEvent, Reflector, resource_version
@@ -49,7 +49,6 @@ SCHEME = "kubernetes"
 URL_OPTIONS = ("kubeconfig", "context")
 DEFAULT_SYNC_TIMEOUT = 60.0
 DEFAULT_WRITE_TIMEOUT = 30.0
-WAIT_SLICE = 0.2
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation",
                    "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds")
 """Metadata the apiserver sets; never sent back in a create or replace."""
@@ -140,7 +139,7 @@ class _Write:
     body: JSON | None  # None: a deletion
 
 
-class KubernetesDatastore(Datastore):
+class KubernetesDatastore(FollowsChangeLog):
     """The objects of one Kubernetes cluster, listed and watched through its apiserver."""
 
     def __init__(
@@ -281,27 +280,8 @@ class KubernetesDatastore(Datastore):
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._follow(since_revision, stop, deadline)
 
-    def _follow(
-        self, cursor: int, stop: threading.Event | None, deadline: float | None
-    ) -> Iterator[list[Change]]:
-        while True:
-            with self._lock:
-                if self._closed or (stop is not None and stop.is_set()):
-                    return
-                batches = self._changelog().since(cursor)
-                if not batches:
-                    wait = WAIT_SLICE
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                        if wait <= 0:
-                            return
-                    self._changed.wait(wait)
-                    continue
-            for batch in batches:
-                yield batch
-                cursor = batch[-1].revision
-                if stop is not None and stop.is_set():
-                    return
+    def _batches_since(self, cursor: int) -> list[list[Change]]:
+        return self._changelog().since(cursor)
 
     def apply(self, resources: Sequence[Resource]) -> int:
         with self._write_lock:
