@@ -143,6 +143,19 @@ static __always_inline bool masq_port_of(struct __sk_buff *skb, const struct sl_
 	return bpf_skb_load_bytes(skb, pkt->l4_off + ICMP_ID_OFF, port, 2) == 0;
 }
 
+static __always_inline void masq_key_of(struct masq_key *key, const union sl_addr *addr,
+					const union sl_addr *peer, __be16 port,
+					__be16 peer_port, __u8 proto, __u8 dir)
+{
+	key->addr = *addr;
+	key->peer = *peer;
+	key->port = port;
+	key->peer_port = peer_port;
+	key->proto = proto;
+	key->dir = dir;
+	key->pad = 0;
+}
+
 static __always_inline __u64 masq_timeout_ns(__u8 proto)
 {
 	return (__u64)(proto == IPPROTO_TCP ? ct_timeout_tcp_s : ct_timeout_other_s) *
@@ -178,13 +191,8 @@ static __always_inline void masq_touch(const struct masq_key *key, __u64 now)
 static __always_inline void masq_partner(struct masq_key *partner, const struct masq_key *key,
 					 const struct masq_entry *entry)
 {
-	partner->addr = entry->addr;
-	partner->peer = key->peer;
-	partner->port = entry->port;
-	partner->peer_port = key->peer_port;
-	partner->proto = key->proto;
-	partner->dir = key->dir == MASQ_OUT ? MASQ_IN : MASQ_OUT;
-	partner->pad = 0;
+	masq_key_of(partner, &entry->addr, &key->peer, entry->port, key->peer_port, key->proto,
+		    key->dir == MASQ_OUT ? MASQ_IN : MASQ_OUT);
 }
 
 /* masq_source's keys and value and the allocator's socket tuple: off the stack, which
@@ -330,12 +338,7 @@ __noinline int masq_source(struct __sk_buff *skb, struct sl_packet *pkt, __be16 
 	}
 	__builtin_memset(s, 0, sizeof(*s));
 	node = pkt->family == 4 ? &config->addr4 : &config->addr6;
-	s->out.addr = pkt->saddr;
-	s->out.peer = pkt->daddr;
-	s->out.port = port;
-	s->out.peer_port = peer_port;
-	s->out.proto = pkt->l4_proto;
-	s->out.dir = MASQ_OUT;
+	masq_key_of(&s->out, &pkt->saddr, &pkt->daddr, port, peer_port, pkt->l4_proto, MASQ_OUT);
 	now = sl_now(&pkt->now);
 	entry = masq_lookup(&s->out, now, &stale);
 	if (entry) {
@@ -469,12 +472,7 @@ __noinline int masq_reverse(struct __sk_buff *skb, struct sl_packet *pkt)
 	if (!s)
 		return 0;
 	__builtin_memset(s, 0, sizeof(*s));
-	s->in.addr = pkt->daddr;
-	s->in.peer = pkt->saddr;
-	s->in.port = port;
-	s->in.peer_port = peer_port;
-	s->in.proto = pkt->l4_proto;
-	s->in.dir = MASQ_IN;
+	masq_key_of(&s->in, &pkt->daddr, &pkt->saddr, port, peer_port, pkt->l4_proto, MASQ_IN);
 	now = sl_now(&pkt->now);
 	entry = masq_lookup(&s->in, now, &stale);
 	if (!entry)

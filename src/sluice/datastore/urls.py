@@ -103,15 +103,7 @@ def _poll_interval(url: str, query: str) -> float | None:
                 f"invalid datastore URL {url!r}: unknown option {name!r}; "
                 f"file:// takes {', '.join(FILE_OPTIONS)}"
             )
-        try:
-            poll = float(value)
-        except ValueError:
-            poll = math.nan
-        if not (math.isfinite(poll) and poll > 0):
-            raise ValueError(
-                f"invalid datastore URL {url!r}: poll must be a positive number of seconds, "
-                f"got {value!r}"
-            )
+        poll = _positive(url, "poll", value)
     return poll
 
 
