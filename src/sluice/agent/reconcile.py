@@ -169,7 +169,7 @@ class Reconciler:
             problems += lbs.problems
             changes.kinds.update(sync_lb(node_object.lb, lbs).kinds)
             masq = masquerade_state(view, self.config.masquerade)
-            changes["masquerade"] = sync_masquerade(node_object.masq_maps(), masq)
+            changes["masquerade"] = sync_masquerade(node_object.masq, masq)
             if masq.enabled and not uplink:
                 problems.append("masquerade: no uplink device (pass --uplink), so pod "
                                 "traffic leaving the cluster keeps its pod address")

@@ -76,6 +76,7 @@ class NodeObject:
     sock_programs: dict[str, Program]  # cgroup socket hooks
     prefilter_obj: BpfObject
     policy: PolicyMaps
+    masq: MasqMaps
 
     @classmethod
     def load(cls, pin_dir: str, *, tunnel_vni: int = TUNNEL_VNI,
@@ -104,13 +105,17 @@ class NodeObject:
                 obj.map(pol.FAILSAFE_MAP, pol.FailsafeKey, ctypes.c_uint32),
                 obj.map(pol.HOST_INTERFACES_MAP, ctypes.c_uint32, ctypes.c_uint32),
                 prefilter.map(pf.MAP_NAME, pf.PrefilterKey, pf.PrefilterEntry))
+            masq_maps = MasqMaps(
+                obj.map(masq.CONFIG_MAP, ctypes.c_uint32, masq.MasqConfig),
+                obj.map(masq.NONMASQ_MAP, masq.NonMasqKey, ctypes.c_uint32),
+                obj.map(masq.MAPPINGS_MAP, masq.MasqKey, masq.MasqEntry))
             programs = {p.name: p for p in obj.programs()}
             programs |= {p.name: p for p in prefilter.programs() if p.name == "prefilter_xdp"}
             return cls(obj, pin_dir,
                        obj.map(ep.MAP_NAME, ep.EndpointKey, ep.EndpointInfo),
                        obj.map(rt.MAP_NAME, rt.RouteKey, rt.RouteEntry),
                        maps, programs, sock, {p.name: p for p in sock.programs()},
-                       prefilter, policy)
+                       prefilter, policy, masq_maps)
         except BaseException:
             for loaded_obj in reversed(loaded):
                 loaded_obj.close()
@@ -121,11 +126,6 @@ class NodeObject:
         maps this load migrated are carried over, and the old maps let go."""
         return sum(o.catch_up_migrations() for o in (self.obj, self.sock_obj,
                                                      self.prefilter_obj))
-
-    def masq_maps(self) -> MasqMaps:
-        return MasqMaps(self.obj.map(masq.CONFIG_MAP, ctypes.c_uint32, masq.MasqConfig),
-                        self.obj.map(masq.NONMASQ_MAP, masq.NonMasqKey, ctypes.c_uint32),
-                        self.obj.map(masq.MAPPINGS_MAP, masq.MasqKey, masq.MasqEntry))
 
     def close(self) -> None:
         """Drop the process's handles; pinned maps and links stay in the kernel."""
