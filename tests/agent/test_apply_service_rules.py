@@ -19,7 +19,7 @@ from sluice import netlink, netns
 from sluice.agent import reconcile
 from sluice.agent.config import AgentConfig
 from sluice.agent.reconcile import Reconciler
-from sluice.apply import servicerules
+from sluice.apply import servicerules, xtables
 from sluice.apply.diff import ChangeLog, Changes
 from sluice.apply.errors import ApplyError
 from sluice.apply.servicerules import remove_service_rules, sync_service_rules
@@ -536,3 +536,49 @@ def test_reconciler_services_step_in_each_dataplane(node_ns: str,
     monkeypatch.setattr(reconcile, "remove_service_rules", once_only)
     with netns.entered(node_ns):
         assert bpf._services(cluster, ChangeLog()) == []
+
+
+def saved_with(ns: str, command: str) -> str:
+    return run_in(ns, command, "-t", "nat")
+
+
+def test_agent_writes_with_the_backend_it_is_given(single: MiniCluster) -> None:
+    n1 = single.nodes[0]
+    single.publish()
+    single.write("service.web.yaml", AGENT_SERVICE)
+    agent = single.start_agent(n1, dataplane="iptables", extra=("--iptables-backend", "legacy"))
+    wait_for(lambda: '"t/web ClusterIP"' in saved_with(n1.ns, "iptables-legacy-save"),
+             what="the service's rules in the legacy tables")
+    assert "t/web" in saved_with(n1.ns, "ip6tables-legacy-save")
+    assert "SLUICE-" not in saved_with(n1.ns, "iptables-nft-save"), \
+        "nothing is written through the other backend"
+    assert agent.stop() == 0
+
+    def uninstall(backend: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "sluice", "agent", "--node", n1.name, "--netns", n1.ns,
+             "--pin-dir", n1.pin_dir, "--cni-state-dir", str(n1.state_dir), "--uninstall",
+             "--iptables-backend", backend], capture_output=True, text=True, timeout=60,
+            check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    uninstall("nft")
+    assert "SLUICE-" in saved_with(n1.ns, "iptables-legacy-save"), \
+        "the nft backend neither sees nor removes legacy rules"
+    uninstall("legacy")
+    assert "SLUICE-" not in saved_with(n1.ns, "iptables-legacy-save")
+    assert "SLUICE-" not in saved_with(n1.ns, "ip6tables-legacy-save")
+
+
+def test_backend_commands() -> None:
+    assert xtables.command(xtables.Backend.SYSTEM, 4, "restore") == "iptables-restore"
+    assert xtables.command(xtables.Backend.LEGACY, 6, "save") == "ip6tables-legacy-save"
+    assert xtables.command(xtables.Backend.NFT, 4) == "iptables-nft"
+
+
+def test_agent_refuses_an_unknown_backend() -> None:
+    result = subprocess.run([sys.executable, "-m", "sluice", "agent", "--iptables-backend",
+                             "ebtables", "--node", "x"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2 and "--iptables-backend" in result.stderr

@@ -76,9 +76,11 @@ def test_medians_spread_ratio_and_targets() -> None:
 def test_table_and_json_carry_every_row_and_failure() -> None:
     rows = [_row([200, 210, 190], [100, 100, 100], target=ratio_at_least(1.5))]
     failures = [Failure("xdp-drop", "LabError: boom")]
-    text = table(rows, failures, True, "sluice bench --quick")
+    text = table(rows, failures, True, "sluice bench --quick", "2 nodes; iptables-legacy")
     assert "2.00x" in text and ">= 1.5x" in text and "yes" in text
     assert "FAILED xdp-drop: LabError: boom" in text and "±5%" in text
-    doc = to_json(rows, failures, True, "sluice bench --quick")
+    assert "labs: 2 nodes; iptables-legacy" in text
+    doc = to_json(rows, failures, True, "sluice bench --quick", "2 nodes; iptables-legacy")
+    assert doc["labs"] == "2 nodes; iptables-legacy"
     assert doc["results"][0]["ratio"] == 2.0 and doc["results"][0]["met"] is True
     assert doc["failures"] == [{"benchmark": "xdp-drop", "error": "LabError: boom"}]

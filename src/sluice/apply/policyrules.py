@@ -36,6 +36,7 @@ from pyroute2.conntrack import ConntrackEntry
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
+from sluice.apply import xtables
 from sluice.apply.diff import Changes
 from sluice.apply.errors import ApplyError
 from sluice.apply.restored import AppliedTexts
@@ -168,7 +169,7 @@ def _sets_of(versions: Iterable[int], live: Mapping[str, LiveSet]) -> list[str]:
 def read_family(version: int) -> Dumps:
     """The raw, mangle and filter tables; one that does not exist yet is empty (reading
     all tables at once creates none)."""
-    tool = "iptables-save" if version == 4 else "ip6tables-save"
+    tool = xtables.tool(version, "save")
     done = run_tool([tool])
     if done.returncode != 0:
         raise ApplyError(f"{tool} failed (exit {done.returncode}): {done.stderr.strip()}")
@@ -321,7 +322,7 @@ def _families(state: PolicyState) -> list[int]:
         needed = [e.name for e in state.endpoints if _enforced(e)
                   and any(a.version == version for a in e.addresses)]
         if needed or any(n.version == version for n in state.prefilter_deny):
-            tool = "iptables" if version == 4 else "ip6tables"
+            tool = xtables.tool(version)
             raise ApplyError(f"policy for IPv{version} (endpoints {', '.join(needed[:3]) or '-'}"
                              f"), but this node cannot program IPv{version} rules ({tool}-restore"
                              " or kernel support is missing)")

@@ -22,11 +22,11 @@ import itertools
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sluice.apply import xtables
 from sluice.apply.diff import Changes
 from sluice.apply.errors import ApplyError
 from sluice.apply.restored import AppliedTexts
@@ -137,14 +137,10 @@ def parse_save(text: str, table: str) -> TableDump:
     return TableDump(tuple(chains), {c: tuple(r) for c, r in rules.items()})
 
 
-def _tool(version: int, action: str) -> str:
-    return f"{'iptables' if version == 4 else 'ip6tables'}-{action}"
-
-
 def family_supported(version: int) -> bool:
     """Whether this namespace can hold rules of the family (the tools are installed and,
     for IPv6, the kernel has IPv6)."""
-    if not (shutil.which(_tool(version, "save")) and shutil.which(_tool(version, "restore"))):
+    if not xtables.installed(version):
         return False
     return version == 4 or os.path.exists("/proc/net/if_inet6")
 
@@ -158,11 +154,13 @@ def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedP
     except FileNotFoundError as err:
         raise ApplyError(f"{argv[0]} is not installed: {err}") from None
     except subprocess.TimeoutExpired:
-        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
+        hint = ("; with many Services iptables-legacy is much faster (--iptables-backend "
+                "legacy)" if "legacy" not in argv[0] and argv[0].endswith("restore") else "")
+        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s{hint}") from None
 
 
 def read_table(version: int, table: str) -> TableDump:
-    tool = _tool(version, "save")
+    tool = xtables.tool(version, "save")
     done = run_tool([tool, "-t", table])
     if done.returncode != 0:
         raise ApplyError(f"{tool} -t {table} failed (exit {done.returncode}): "
@@ -173,7 +171,7 @@ def read_table(version: int, table: str) -> TableDump:
 def restore(version: int, text: str) -> None:
     """iptables-restore --noflush TEXT; raises ApplyError with the tool's message and the
     line it failed on."""
-    tool = _tool(version, "restore")
+    tool = xtables.tool(version, "restore")
     done = run_tool([tool, "-w", LOCK_WAIT, "--noflush"], text)
     if done.returncode == 0:
         return
@@ -325,7 +323,8 @@ def sync_service_rules(table: ServiceTable) -> Changes:
             if wanted:
                 raise ApplyError(f"{len(wanted)} IPv{version} service frontends, but this "
                                  f"node cannot program IPv{version} rules "
-                                 f"({_tool(version, 'restore')} or kernel support is missing)")
+                                 f"({xtables.tool(version, 'restore')} or kernel support is "
+                                 "missing)")
             continue
         total.add(sync_family(table, version))
     return total

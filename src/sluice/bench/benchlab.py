@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from sluice import cgroups, netns
+from sluice.apply import xtables
 from sluice.datastore.fastparse import parse_faultless
 from sluice.lab import agents, cleanup, lifecycle, names, procs
 from sluice.lab.errors import LabError
@@ -128,10 +129,12 @@ class BenchLab:
 
     @classmethod
     def up(cls, dataplane: str, workdir: Path, *, routing: str = "vxlan",
+           iptables_backend: str = "system",
            extra: Sequence[Mapping[str, Any]] = ()) -> BenchLab:
         name = f"bn{dataplane[0]}-{os.getpid() % 1000}{secrets.token_hex(2)}"
         options = LabOptions(nodes=2, dataplane=dataplane,  # type: ignore[arg-type]
-                             routing=routing, ip_family="ipv4")  # type: ignore[arg-type]
+                             routing=routing, ip_family="ipv4",  # type: ignore[arg-type]
+                             iptables_backend=iptables_backend)
         state = lifecycle.up(name, options, resources([*topology(), *extra], "bench topology"),
                              _quiet)
         lab = cls(name, dataplane, workdir / name, state)
@@ -149,6 +152,10 @@ class BenchLab:
     def place(self, text: str) -> Place:
         """NS/POD, node/NODE or external (see `sluice lab exec`)."""
         return resolve_place(self.state, text)
+
+    def iptables(self, version: int = 4) -> str:
+        """The iptables command this lab's agents use."""
+        return xtables.command(xtables.Backend(self.state.options.iptables_backend), version)
 
     def node(self, name: str) -> NodePlan:
         return self.state.plan.node(name)

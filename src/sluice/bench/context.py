@@ -12,16 +12,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sluice.apply import xtables
 from sluice.bench.benchlab import BenchLab
 from sluice.bench.result import Samples
 
 DATAPLANES = ("bpf", "iptables")
+DEFAULT_IPTABLES_BACKEND = "legacy"
+"""The iptables lab runs its fastest tools: iptables-nft-restore needs minutes for the
+10,000-Service ruleset that iptables-legacy-restore writes in seconds (apply/xtables.py)."""
 
 
 @dataclass
 class BenchContext:
     quick: bool
     routing: str = "vxlan"
+    iptables_backend: str = DEFAULT_IPTABLES_BACKEND
     verbose: bool = True
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-bench-")))
     _labs: dict[str, BenchLab] = field(default_factory=dict)
@@ -36,6 +41,12 @@ class BenchContext:
         return quick if self.quick else full
 
     @property
+    def setup(self) -> str:
+        """The labs, in one line for the report."""
+        return (f"2 nodes, IPv4, {self.routing}; iptables dataplane: "
+                f"{xtables.command(xtables.Backend(self.iptables_backend), 4)}")
+
+    @property
     def cpus(self) -> int:
         return len(os.sched_getaffinity(0))
 
@@ -47,7 +58,8 @@ class BenchContext:
         """The running bench lab of DATAPLANE, made on first use."""
         if dataplane not in self._labs:
             self.say(f"creating the {dataplane} lab")
-            self._labs[dataplane] = BenchLab.up(dataplane, self.workdir, routing=self.routing)
+            self._labs[dataplane] = BenchLab.up(dataplane, self.workdir, routing=self.routing,
+                                                iptables_backend=self.iptables_backend)
         return self._labs[dataplane]
 
     def close(self) -> list[str]:
@@ -79,9 +91,10 @@ def rounds(repeats: int) -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def bench_context(quick: bool, routing: str = "vxlan", verbose: bool = True
-                  ) -> Iterator[BenchContext]:
-    context = BenchContext(quick=quick, routing=routing, verbose=verbose)
+def bench_context(quick: bool, routing: str = "vxlan", verbose: bool = True,
+                  iptables_backend: str = DEFAULT_IPTABLES_BACKEND) -> Iterator[BenchContext]:
+    context = BenchContext(quick=quick, routing=routing, verbose=verbose,
+                           iptables_backend=iptables_backend)
     try:
         yield context
     finally:

@@ -247,6 +247,7 @@ def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False,
     policy_docs = policy_documents() if policies else []
     if policy_docs:
         _check(policy_docs, "bench scale policies")
+    interrupted = False
     try:
         before = lab.agent_revisions()
         _write_list(lab, CHANGE_FILE, [endpoint_slice(CHANGED, ENDPOINTS)])
@@ -263,6 +264,9 @@ def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False,
                 _write_list(lab, POLICIES_FILE, policy_docs)
 
         yield Scaled(lab, _changed(lab, write))
+    except KeyboardInterrupt:
+        interrupted = True  # the lab is removed next: no waiting for the removal to sync
+        raise
     finally:
         before = lab.agent_revisions()
         removed = False
@@ -270,7 +274,7 @@ def scaled(lab: BenchLab, ctx: BenchContext, *, pods: bool = False,
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed = True
-        if removed:
+        if removed and not interrupted:
             lab.settle(before)
 
 

@@ -32,8 +32,8 @@ def machine() -> dict[str, Any]:
 
 
 def to_json(rows: Sequence[BenchRow], failures: Sequence[Failure], quick: bool,
-            command: str) -> dict[str, Any]:
-    return {"command": command, "quick": quick, "machine": machine(),
+            command: str, setup: str) -> dict[str, Any]:
+    return {"command": command, "quick": quick, "machine": machine(), "labs": setup,
             "results": [row.to_json() for row in rows],
             "failures": [{"benchmark": f.benchmark, "error": f.error} for f in failures]}
 
@@ -51,7 +51,7 @@ def _met(row: BenchRow) -> str:
 
 
 def table(rows: Sequence[BenchRow], failures: Sequence[Failure], quick: bool,
-          command: str) -> str:
+          command: str, setup: str) -> str:
     info = machine()
     header = ("benchmark", "case", "metric", "bpf", "iptables", "bpf/ipt", "target", "met")
     lines = [(row.benchmark, row.case, f"{row.metric} ({row.unit}, {row.better} better)",
@@ -62,6 +62,7 @@ def table(rows: Sequence[BenchRow], failures: Sequence[Failure], quick: bool,
     out = [f"sluice bench{' --quick' if quick else ''}: {command}",
            f"machine: {info['cpuModel'] or 'unknown CPU'}, {info['cpus']} CPUs, "
            f"{info['memoryGiB']} GiB, kernel {info['kernel']}",
+           f"labs: {setup}",
            "figures are medians of the repeats, ± half their range relative to the median",
            ""]
     for line in [header, *lines]:

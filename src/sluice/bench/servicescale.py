@@ -151,6 +151,9 @@ def _measure(ctx: BenchContext) -> ScaleRun:
                 points.append(_measure_point(ctx, labs, service_ips=service_ips,
                                              services=services, sync=sync,
                                              wrk_seconds=wrk_seconds))
+        except KeyboardInterrupt:
+            applied = []  # the labs are removed next: no waiting for a delete to sync
+            raise
         finally:
             if applied:
                 ctx.say(f"svc-scale: deleting the {len(applied) // 2:,} services")

@@ -151,8 +151,8 @@ class DropLab:
         return int(entry.packets)
 
     def _raw_drops(self) -> int:
-        listing = self.lab.run(f"node/{NODE}", ["iptables", "-t", "raw", "-L", RAW_DISPATCH,
-                                                "-v", "-x", "-n"]).stdout
+        listing = self.lab.run(f"node/{NODE}", [self.lab.iptables(), "-t", "raw", "-L",
+                                                RAW_DISPATCH, "-v", "-x", "-n"]).stdout
         return raw_drop_packets(listing)
 
     def _sent(self) -> int:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sluice.apply import xtables
 from sluice.cli.apply import load_resources
 from sluice.lab import cleanup, lifecycle, names, procs, shell, views
 from sluice.lab.errors import LabError
@@ -134,6 +135,10 @@ or the command is interrupted (Ctrl-C, SIGTERM), everything made so far is remov
                          "CIDRs (the agent's own default is on)")
     up.add_argument("--non-masquerade-cidrs", metavar="LIST", default="",
                     help="the agents' --non-masquerade-cidrs (default: theirs)")
+    up.add_argument("--iptables-backend", choices=[b.value for b in xtables.Backend],
+                    default=xtables.Backend.SYSTEM.value,
+                    help="the iptables-mode agents' --iptables-backend (default: "
+                         "%(default)s)")
     _files_arg(up, required=False)
 
     _sub(lab, "down", "remove a lab and everything it made", """\
@@ -257,7 +262,8 @@ def _up(args: argparse.Namespace) -> int:
                              ip_family=args.ip_family, datastore=args.datastore,
                              node_dataplanes=parse_node_dataplanes(args.node_dataplane),
                              masquerade=args.masquerade,
-                             non_masquerade_cidrs=args.non_masquerade_cidrs)
+                             non_masquerade_cidrs=args.non_masquerade_cidrs,
+                             iptables_backend=args.iptables_backend)
         lifecycle.up(args.name, options, resources, _say)
         _say(f"next: sluice lab get --name {args.name} | sluice lab down --name {args.name}")
         return 0

@@ -39,6 +39,7 @@ def agent_argv(state: LabState, node: NodePlan) -> list[str]:
         "--masquerade", "on" if options.masquerade else "off",
         *(("--non-masquerade-cidrs", options.non_masquerade_cidrs)
           if options.non_masquerade_cidrs else ()),
+        "--iptables-backend", options.iptables_backend,
         "--netns", node.netns,
         "--cni-state-dir", str(paths.cni_state_dir(node.name)),
         "--pin-dir", node.pin_dir,

@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
+from sluice.apply import xtables
 from sluice.lab import names
 from sluice.lab.errors import LabError
 
@@ -73,6 +74,8 @@ class LabOptions:
     """The agents' --non-masquerade-cidrs ("": the agent's default)."""
     datastore: DatastoreKind = "file"
     """Where the lab's objects live: a file:// directory, or an etcd the lab runs."""
+    iptables_backend: str = "system"
+    """The iptables-mode agents' --iptables-backend."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
@@ -88,6 +91,10 @@ class LabOptions:
             if dataplane not in DATAPLANES:
                 raise LabError(f"--node-dataplane {node}={dataplane}: the dataplane must be "
                                f"one of {', '.join(DATAPLANES)}")
+        backends = [b.value for b in xtables.Backend]
+        if self.iptables_backend not in backends:
+            raise LabError(f"--iptables-backend {self.iptables_backend}: must be one of "
+                           f"{', '.join(backends)}")
 
     def dataplane_of(self, node: str) -> Dataplane:
         """The dataplane NODE runs: its override, else the lab's."""
