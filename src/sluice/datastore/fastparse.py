@@ -94,9 +94,13 @@ def parse_faultless(text: str, file: str) -> list[Resource] | None:
                     or not isinstance(listed, list)):
                 return None
             items = listed
-        for item in items:
+        for index, item in enumerate(items):
             resource = _resource(item)
             if resource is None:
                 return None
             found.append(resource)
+            # Drop the decoded object now: a large List then peaks at its decoded form
+            # alone, not at that plus every model made from it.
+            items[index] = None
+            del item
     return found

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, TypeAlias
+from typing import Annotated, ClassVar, Literal, TypeAlias
 
-from pydantic import Field, StrictBool, model_validator
+from pydantic import StrictBool, model_validator
 
 from sluice.model.addresses import AddressError, IPAddress, parse_ip
-from sluice.model.base import KubeModel
+from sluice.model.base import KubeModel, Shared
 from sluice.model.fieldtypes import DNSLabel, DNSSubdomain, PortNumber, Protocol
 from sluice.model.names import dns_subdomain_problem
 from sluice.model.resource import Resource
@@ -57,7 +57,7 @@ class EndpointHints(KubeModel):
 
 class Endpoint(KubeModel):
     addresses: tuple[str, ...]
-    conditions: EndpointConditions = Field(default_factory=EndpointConditions)
+    conditions: Annotated[EndpointConditions, Shared] = EndpointConditions()
     hostname: DNSLabel | None = None
     node_name: DNSSubdomain | None = None
     target_ref: ObjectReference | None = None
@@ -94,7 +94,7 @@ class EndpointSlice(Resource):
 
     address_type: AddressType
     endpoints: tuple[Endpoint, ...] = ()
-    ports: tuple[EndpointPort, ...] = ()
+    ports: tuple[Annotated[EndpointPort, Shared], ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointSlice:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from pydantic import Field, PlainSerializer, PlainValidator, StrictBool, model_validator
 
 from sluice.model.addresses import AddressError, IPAddress, IPFamily, family_of, parse_ip
-from sluice.model.base import KubeModel
+from sluice.model.base import KubeModel, Shared
 from sluice.model.fieldtypes import (
     CIDR,
     DNSLabel,
@@ -104,7 +104,7 @@ class ServiceSpec(KubeModel):
     cluster_ip: OptionalClusterIP = Field(default=None, alias="clusterIP")
     cluster_ips: tuple[ClusterIP, ...] = Field(default=(), alias="clusterIPs")
     selector: LabelMap = Field(default_factory=dict)
-    ports: tuple[ServicePort, ...] = ()
+    ports: tuple[Annotated[ServicePort, Shared], ...] = ()
     external_ips: tuple[IPAddr, ...] = Field(default=(), alias="externalIPs")
     external_name: DNSSubdomain | None = None
     load_balancer_ip: IPAddr | None = Field(default=None, alias="loadBalancerIP")
