@@ -115,3 +115,17 @@ def test_change_log_refuses_out_of_order_batches() -> None:
         log.commit([_change("a", 3)])
     with pytest.raises(ValueError, match="at least 1"):
         ChangeLog(1, limit=0)
+
+
+def test_change_log_keeps_a_bounded_number_of_changes() -> None:
+    log = ChangeLog(1, limit=100, max_changes=3)
+    log.commit([_change("a", 2), _change("b", 2)])
+    log.commit([_change("c", 3)])
+    assert [len(batch) for batch in log.since(1)] == [2, 1]
+    log.commit([_change("d", 4)])  # 4 changes: the oldest batch goes
+    assert log.oldest == 2
+    assert [batch[0].key.name for batch in log.since(2)] == ["c", "d"]
+    with pytest.raises(ResyncRequired):
+        log.since(1)
+    log.commit([_change(f"e{i}", 5) for i in range(5)])  # larger than the bound alone
+    assert log.oldest == 4 and [len(batch) for batch in log.since(4)] == [5]

@@ -47,7 +47,8 @@ class FileDatastore(FollowsChangeLog):
     `poll_interval` seconds (or, if a scan of the directory is slow, every four times
     the time it took; a scan stats every file, about 5 us each). Revisions live in
     memory: the initial read is revision 1 and every batch of changes found later is
-    the next revision; the last `history` batches are kept for watches to resume from.
+    the next revision; the last `history` batches (and no more than 20,000 changes) are
+    kept for watches to resume from.
 
     `apply` writes each object to its own file (see `object_file_name`), atomically
     (temporary file, then rename); it refuses objects defined in a file it did not
