@@ -82,6 +82,14 @@ def test_plan_addresses() -> None:
         LabOptions(nodes=0)
 
 
+
+def test_iptables_backend_option() -> None:
+    assert LabOptions().iptables_backend == "system"
+    assert LabOptions(iptables_backend="legacy").iptables_backend == "legacy"
+    with pytest.raises(LabError, match="--iptables-backend ebtables: must be one of "
+                                        "system, legacy, nft"):
+        LabOptions(iptables_backend="ebtables")
+
 def test_node_objects_are_valid_nodes() -> None:
     node = objects.node_resource(plan_lab("x", LabOptions()).nodes[0], "bpf")
     assert [str(ip) for ip in node.internal_ips] == ["198.18.0.11", "fd00:ff::11"]
