@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sluice.agent.config import AgentConfig
 from sluice.apply.attachments import links_dir, sync_links
 from sluice.apply.cgrouplinks import sync_cgroup_links
-from sluice.apply.ctcarry import export_from_pins, import_into_bpf, iptables_dataplane_present
+from sluice.apply.ctcarry import (
+    Carried,
+    export_from_pins,
+    import_into_bpf,
+    iptables_dataplane_present,
+)
 from sluice.apply.errors import ApplyError
 from sluice.apply.nodeobject import NodeObject
 from sluice.apply.policyrules import sync_policy_rules
@@ -54,17 +60,13 @@ class Handover:
         """bpf -> iptables, before the kernel state changes: the service and policy rules
         in place for new flows, then the BPF flows into nf_conntrack, so established ones
         keep their translation and are not judged as new."""
-        try:
+        def carry() -> Carried | None:
             sync_service_rules(service_table(state, self.config.node))
             sync_policy_rules(policy_state(state, self.config.node, endpoints.endpoints,
                                            self.config.failsafe, interface_ifindexes=devices))
-            carried = export_from_pins(self.config.pins)
-        except (ApplyError, OSError) as err:
-            log.warning("carrying flows from bpf into iptables failed: %s", err)
-            return
-        log.info("carried flows from bpf into iptables: %s", carried.summary())
-        for flow in carried.not_carried:
-            log.warning("flow not carried into iptables: %s", flow)
+            return export_from_pins(self.config.pins)
+
+        _carry_flows("from bpf into iptables", carry)
 
     def detach_bpf(self, ifindexes: dict[str, int]) -> None:
         links = sync_links(self.config.pins, {}, frozenset(), ifindexes).changes
@@ -79,17 +81,14 @@ class Handover:
         if self.flows_carried:
             return
         self.flows_carried = True
-        try:
+
+        def carry() -> Carried | None:
             if not iptables_dataplane_present():
-                return
+                return None
             local = frozenset(a for e in endpoints.endpoints for a in e.addresses)
-            carried = import_into_bpf(node_object, local)
-        except (ApplyError, OSError) as err:
-            log.warning("carrying flows from iptables into bpf failed: %s", err)
-            return
-        log.info("carried flows from iptables into bpf: %s", carried.summary())
-        for flow in carried.not_carried:
-            log.warning("flow not carried into bpf: %s", flow)
+            return import_into_bpf(node_object, local)
+
+        _carry_flows("from iptables into bpf", carry)
 
     def bind_tunnel_rx(self, tunnel: int | None) -> list[str]:
         """iptables mode: frames from bpf-mode peers accepted on the tunnel (see
@@ -106,3 +105,18 @@ class Handover:
             return [str(err)]
         self.tunnel_rx_bound = wanted
         return []
+
+
+def _carry_flows(direction: str, carry: Callable[[], Carried | None]) -> None:
+    """Run CARRY (None: nothing to carry) and log what it carried and what it could not;
+    a failure is logged, not raised: the switch goes on, the flows start anew."""
+    try:
+        carried = carry()
+    except (ApplyError, OSError) as err:
+        log.warning("carrying flows %s failed: %s", direction, err)
+        return
+    if carried is None:
+        return
+    log.info("carried flows %s: %s", direction, carried.summary())
+    for flow in carried.not_carried:
+        log.warning("flow not carried %s: %s", direction, flow)

@@ -145,6 +145,10 @@ def family_supported(version: int) -> bool:
     return version == 4 or os.path.exists("/proc/net/if_inet6")
 
 
+class ToolTimeoutError(ApplyError):
+    """A tool that did not finish in the time it was given."""
+
+
 def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     # The child is forked by this thread, so it runs in this thread's network namespace.
     timeout = TOOL_TIMEOUT + (stdin.count("\n") / LINES_PER_SECOND if stdin else 0.0)
@@ -154,9 +158,7 @@ def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedP
     except FileNotFoundError as err:
         raise ApplyError(f"{argv[0]} is not installed: {err}") from None
     except subprocess.TimeoutExpired:
-        hint = ("; with many Services iptables-legacy is much faster (--iptables-backend "
-                "legacy)" if "legacy" not in argv[0] and argv[0].endswith("restore") else "")
-        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s{hint}") from None
+        raise ToolTimeoutError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
 
 
 def read_table(version: int, table: str) -> TableDump:
@@ -172,7 +174,13 @@ def restore(version: int, text: str) -> None:
     """iptables-restore --noflush TEXT; raises ApplyError with the tool's message and the
     line it failed on."""
     tool = xtables.tool(version, "restore")
-    done = run_tool([tool, "-w", LOCK_WAIT, "--noflush"], text)
+    try:
+        done = run_tool([tool, "-w", LOCK_WAIT, "--noflush"], text)
+    except ToolTimeoutError as err:
+        if xtables.selected() is xtables.Backend.LEGACY:
+            raise
+        raise ToolTimeoutError(f"{err}; with many Services iptables-legacy is much faster "
+                          "(--iptables-backend legacy)") from None
     if done.returncode == 0:
         return
     stderr = "; ".join(line.strip() for line in done.stderr.splitlines()
